@@ -1,0 +1,136 @@
+"""The per-asset processing pipeline: bytes in, messages out, no Kafka inside.
+
+``Pipeline.process`` is called by every driver: the faust worker (stream.worker)
+for live data, and later the offline backtest. Today it decodes, validates and
+runs the static limit rule; the windows, detectors, fusion and alarms of later
+stages plug into ``AssetPipeline``.
+
+State that must survive a restart (which alerts are active) is read from and
+written to a mapping the driver passes in: a faust Table backed by a Kafka
+changelog in the worker, a plain dict in tests. It is written only when it
+changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import MutableMapping
+
+from stream import alerts
+from stream.config import AssetConfig, ServiceConfig
+from stream.rules import LimitRule
+from stream.validation import InvalidBatch, validate_batch
+from stream.wire import SCHEMA_VERSION, ReadingBatch, WireError, decode_reading_batch, is_good, utc_iso
+
+log = logging.getLogger(__name__)
+
+
+def _error_kind(error: Exception) -> str:
+    if isinstance(error, WireError):
+        return "decode_error"
+    if isinstance(error, InvalidBatch):
+        return "invalid_batch"
+    return "processing_error"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a message came from, so a dead letter or an alert can point back to it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+
+    def as_dict(self) -> dict:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+
+@dataclass
+class Outputs:
+    """What processing one message produced. Keys are asset ids."""
+
+    alerts: list[dict] = field(default_factory=list)
+    deadletter: dict | None = None
+    asset_id: str | None = None
+    samples: int = 0
+
+
+class AssetPipeline:
+    """Processing for one configured asset (the configuration is fixed for its life)."""
+
+    def __init__(self, asset: AssetConfig, config: ServiceConfig):
+        self.asset = asset
+        self.tag_position = {tag.id: i for i, tag in enumerate(asset.tags)}
+        self.limits = LimitRule(asset) if config.rules.limits.enabled else None
+
+    def process(self, batch: ReadingBatch, tag_position, state: dict, source: Source | None) -> tuple[list[dict], dict]:
+        """Run the rules over a validated batch. Returns (alert messages, new state)."""
+        out: list[dict] = []
+        if self.limits is not None:
+            active = state.get("limits", {})
+            crossings, new_active = self.limits.evaluate(
+                tag_position, batch.ts_us, batch.value, is_good(batch.quality), active
+            )
+            if crossings:
+                where = source.as_dict() if source else None
+                out.extend(alerts.limit_alert(self.asset, c, replayed=batch.replayed, source=where) for c in crossings)
+            if new_active is not active:
+                state = {**state, "limits": new_active}
+        return out, state
+
+
+class Pipeline:
+    """Decode, validate and route reading batches to their asset's pipeline.
+
+    ``clock`` returns seconds since the epoch; tests and replays may fix it.
+    """
+
+    def __init__(self, config: ServiceConfig, clock=time.time):
+        self.config = config
+        self.clock = clock
+        self.max_future_us = int(config.worker.max_future_s * 1e6)
+        self._assets = {asset.id: AssetPipeline(asset, config) for asset in config.assets}
+
+    def process(self, raw: bytes, source: Source | None, state_store: MutableMapping[str, dict]) -> Outputs:
+        """Process one Kafka message value. Never raises on bad input: it becomes a dead letter."""
+        try:
+            batch = decode_reading_batch(raw)
+            if source is not None and source.key is not None and source.key != batch.asset_id.encode():
+                raise InvalidBatch(
+                    f'message key "{source.key.decode(errors="replace")}" differs from asset_id "{batch.asset_id}": '
+                    "the key must be the asset id so that one asset's readings stay in order on one partition"
+                )
+            asset = self._assets.get(batch.asset_id)
+            if asset is None:
+                raise InvalidBatch(f'unknown asset "{batch.asset_id}": add it to the configuration or fix the sender')
+            tag_position = validate_batch(
+                batch, asset.asset, asset.tag_position, int(self.clock() * 1e6), self.max_future_us
+            )
+        except (WireError, InvalidBatch) as exc:
+            return Outputs(deadletter=self.deadletter(raw, exc, source))
+        state = state_store.get(batch.asset_id) or {}
+        try:
+            messages, new_state = asset.process(batch, tag_position, state, source)
+        except Exception as exc:  # a bug must not stop the plant's stream: park the input, keep going
+            log.exception("processing failed for asset %s at %s", batch.asset_id, source)
+            return Outputs(deadletter=self.deadletter(raw, exc, source))
+        if new_state is not state:
+            state_store[batch.asset_id] = new_state
+        return Outputs(alerts=messages, asset_id=batch.asset_id, samples=len(batch))
+
+    def deadletter(self, raw: bytes, error: Exception, source: Source | None) -> dict:
+        """The dead-letter message for a rejected input: the reason and the original bytes."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "deadletter",
+            "error": _error_kind(error),
+            "reason": str(error),
+            "source": source.as_dict() if source else None,
+            "key_b64": base64.b64encode(source.key).decode() if source and source.key is not None else None,
+            "payload_b64": base64.b64encode(bytes(raw)).decode() if raw is not None else None,
+            "rejected_at": utc_iso(int(self.clock() * 1e6)),
+        }
