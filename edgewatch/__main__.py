@@ -1,0 +1,3 @@
+from edgewatch.cli import app
+
+app(prog_name="edgewatch")

@@ -1,0 +1,84 @@
+"""Child processes that the demo and the benchmark start and must always stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class Child:
+    """A child process in its own session, stopped with SIGTERM then SIGKILL."""
+
+    def __init__(self, args: list[str], env: dict | None = None, log_path: Path | None = None):
+        self.args = args
+        self.log_path = log_path
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        try:
+            self.process = subprocess.Popen(
+                args,
+                env={**os.environ, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C goes to us; we stop children in order
+            )
+        finally:
+            if log_path:
+                out.close()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        """Stop the child and everything it started; return its exit code."""
+        if self.alive():
+            self._signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self.process.wait(10)
+        # Grandchildren left in the session (none expected) go too.
+        self._signal(signal.SIGKILL)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once, as a crash or an OOM kill would."""
+        self._signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path:
+            return ""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def edgewatch_command(*args: str) -> list[str]:
+    """The command line that runs ``edgewatch ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "edgewatch", *args]
+
+
+def wait_for(predicate, timeout_s: float, interval_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
