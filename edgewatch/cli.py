@@ -45,7 +45,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except (ConfigError, KafkaSetupError, ValueError) as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-#: message kind -> topic suffix. The kind is also the ``kind`` field of every JSON message.
+#: topic kind -> topic suffix (the message kinds on them: docs/wire-schema.md).
 TOPIC_SUFFIXES = {
     "readings": "readings",
     "features": "features",

@@ -160,14 +160,15 @@ def decode_reading_batch(data: bytes) -> ReadingBatch:
     """Decode either encoding of a reading batch. Raises WireError with the reason."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
     if data[:4] == MAGIC:
-        return _decode_binary(bytes(data))
+        return _decode_binary(data)
     if data.lstrip()[:1] == b"{":
         return _decode_json(data)
     if len(data) == 0:
         raise WireError("empty message (no bytes)")
     raise WireError(
-        f"not a reading batch: starts with {bytes(data[:8])!r}; expected the binary magic {MAGIC!r} or a JSON object"
+        f"not a reading batch: starts with bytes {data[:8].hex(' ')}; expected the binary magic 'EWRB' or a JSON object"
     )
 
 
@@ -243,10 +244,12 @@ def encode_reading_batch_json(batch: ReadingBatch) -> bytes:
     )
 
 
-def _json_column(doc: dict, name: str, dtype: str, kind: type) -> np.ndarray:
+def _json_column(doc: dict, name: str, dtype: str, kind: type, null_as=None) -> np.ndarray:
     column = doc.get(name)
     if not isinstance(column, list):
         raise WireError(f"field {name!r} must be a list, got {type(column).__name__}")
+    if null_as is not None and None in column:
+        column = [null_as if x is None else x for x in column]
     # bool is an int in Python; a true/false in a numeric column is a producer bug.
     if not all(isinstance(x, kind) and not isinstance(x, bool) for x in column):
         bad = next(x for x in column if not isinstance(x, kind) or isinstance(x, bool))
@@ -264,15 +267,19 @@ def _decode_json(data: bytes) -> ReadingBatch:
         raise WireError(f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise WireError("a JSON reading batch must be an object")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise WireError(f"schema_version must be {SCHEMA_VERSION}, got {doc.get('schema_version')!r}")
+    version = doc.get("schema_version")
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise WireError(f"schema_version must be {SCHEMA_VERSION}, got {version!r}")
+    if doc.get("kind", "reading_batch") != "reading_batch":
+        raise WireError(f"kind must be \"reading_batch\" on the readings topic, got {doc.get('kind')!r}")
     asset_id, tags, seq = _check_header(doc)
     replayed = doc.get("replayed", False)
     if not isinstance(replayed, bool):
         raise WireError(f"replayed must be true or false, got {replayed!r}")
     tag_index = _json_column(doc, "tag_index", "<i8", int)
     ts_us = _json_column(doc, "ts_us", "<i8", int)
-    value = _json_column(doc, "value", "<f8", (int, float))  # type: ignore[arg-type]
+    # JSON has no NaN: a sample without a value (Bad quality) is written as null.
+    value = _json_column(doc, "value", "<f8", (int, float), null_as=float("nan"))  # type: ignore[arg-type]
     quality = _json_column(doc, "quality", "<i8", int)
     n = ts_us.shape[0]
     if n > MAX_SAMPLES_PER_BATCH:

@@ -164,3 +164,16 @@ def test_a_failing_stage_parks_the_message_and_the_next_one_still_flows(config, 
     assert out.deadletter["error"] == "processing_error" and "detector exploded" in out.deadletter["reason"]
     monkeypatch.setattr(asset, "process", original)
     assert [a["state"] for a in run(pipeline, bearing([85]), store).alerts] == ["active"]
+
+
+def test_a_sample_without_value_survives_the_json_form(config):
+    # JSON has no NaN: the encoder writes null, the decoder reads it back as NaN,
+    # and the pipeline accepts it because its quality is Bad.
+    batch = bearing([50.0, float("nan")], quality=[0, QUALITY_BAD])
+    raw = encode_reading_batch_json(batch)
+    assert b"null" in raw
+    out = run(Pipeline(config), raw, {}, key=b"pump-1")
+    assert out.deadletter is None and out.samples == 2
+    # The same null with Good quality is refused.
+    good = encode_reading_batch_json(bearing([50.0, float("nan")]))
+    assert "with Good quality" in run(Pipeline(config), good, {}, key=b"pump-1").deadletter["reason"]

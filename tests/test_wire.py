@@ -69,7 +69,9 @@ def _binary(header: dict, n: int, tail: bytes | None = None, version=1):
     "raw, reason",
     [
         (b"", "empty message"),
-        (b"\x00\x01garbage bytes", "not a reading batch"),
+        (b"\x00\x01garbage bytes", "not a reading batch: starts with bytes 00 01 67"),
+        (b'{"schema_version": 1, "kind": "alert", "asset_id": "p", "tags": ["a"]}', "kind must be"),
+        (b'{"schema_version": true, "asset_id": "p"}', "schema_version must be 1"),
         (MAGIC + b"\x01", "truncated"),
         (_binary({"asset_id": "p", "tags": ["a"]}, 2, version=9), "unsupported schema_version 9"),
         (_binary({"asset_id": "p", "tags": ["a"]}, 3, tail=b"\0" * 10), "length mismatch"),

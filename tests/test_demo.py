@@ -1,0 +1,61 @@
+"""The README's first command: `edgewatch demo` streams a simulated plant through
+a real broker into a worker, shows an alert within the first minute, and on
+Ctrl-C stops everything it started."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.kafka
+
+MARKER = "edgewatch-demo-"  # the demo's working folder; its broker and worker carry it
+
+
+def leftover_processes() -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if MARKER.encode() in blob and state != "Z":
+            found.append(f"{proc.name}: {(proc / 'cmdline').read_bytes()[:200]!r}")
+    return found
+
+
+def test_demo_raises_an_alert_within_a_minute_and_ctrl_c_stops_everything():
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "edgewatch", "demo", "--fault", "pump-1:bearing_temp@15"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+    )
+    lines, alert_after_s = [], None
+    started = time.monotonic()
+    try:
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("ALERT active: pump-1 bearing_temp"):
+                alert_after_s = time.monotonic() - started
+                break
+            if time.monotonic() - started > 90:
+                break
+    finally:
+        demo.send_signal(signal.SIGINT)  # what Ctrl-C does
+        rest, _ = demo.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert alert_after_s is not None, output
+    assert alert_after_s < 60, f"first alert after {alert_after_s:.0f} s\n{output}"
+    assert "above high limit 80 degC" in output
+    assert demo.returncode == 0, output
+    assert "Everything it started is stopped" in output
+    assert leftover_processes() == []
