@@ -75,6 +75,12 @@ from stream.config import ConfigError, load_config
 
 
 def config_path(argv, environ):
+    # argv is e.g. [/opt/venv/bin/python, /opt/venv/bin/edgewatch, worker, -c, FILE]:
+    # read the options after the program (python's own -c is not --config).
+    for i, arg in enumerate(argv):
+        if os.path.basename(arg) == "edgewatch":
+            argv = argv[i + 1 :]
+            break
     for i, arg in enumerate(argv):
         if arg in ("--config", "-c") and i + 1 < len(argv):
             return argv[i + 1]

@@ -89,8 +89,19 @@ def simulate(
     except KeyboardInterrupt:
         pass
     finally:
-        publisher.flush(10)
-    console.print(f"delivered {publisher.delivered_samples:,} samples in {publisher.delivered} batches; {publisher.failed} failed")
+        pending = publisher.flush(10)
+    console.print(
+        f"delivered {publisher.delivered_samples:,} samples in {publisher.delivered} batches; "
+        f"{publisher.failed} failed, {pending} still undelivered"
+    )
+    if publisher.failed or pending:
+        err_console.print(
+            f"[bold red]error:[/] not every batch reached Kafka at {cfg.kafka.bootstrap_servers}"
+            + (f" (last error: {publisher.last_error})" if publisher.last_error else "")
+            + "; is the broker running and the address right?",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -187,7 +198,7 @@ def topics_create(config: Path = ConfigOption) -> None:
 
 @config_app.command("check")
 @user_errors
-def config_check(config: Path = typer.Argument(DEFAULT_CONFIG, help="The YAML file to validate.")) -> None:
+def config_check(config: Path = typer.Argument(DEFAULT_CONFIG, envvar="EDGEWATCH_CONFIG", help="The YAML file to validate.")) -> None:
     """Validate a configuration file and summarise it."""
     cfg = load_config(config)
     tags = sum(len(a.tags) for a in cfg.assets)

@@ -187,6 +187,7 @@ def run_demo(config_path: Path, duration_s: float | None, rate_hz: float, faults
         if simulator is not None:
             simulator.stopping.set()
             simulator.join(15)
+            simulator.publisher = None  # destroy the producer before the broker goes, or librdkafka logs reconnects
         if consumer is not None:
             consumer.close()
         if worker is not None:

@@ -35,6 +35,11 @@ def cache_dir() -> Path:
 
 
 def kafka_version(pom: Path = POM) -> str:
+    if not pom.exists():
+        raise KafkaSetupError(
+            f"{pom} not found: the local Kafka broker tooling runs from a clone of the edgewatch repository, "
+            "not from an installed package; in production point kafka.bootstrap_servers at your cluster"
+        )
     match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom.read_text())
     if not match:
         raise KafkaSetupError(f"{pom} has no <kafka.version> property")
@@ -42,8 +47,9 @@ def kafka_version(pom: Path = POM) -> str:
 
 
 def libs_dir(pom: Path = POM) -> Path:
+    version = kafka_version(pom)  # first: it explains a missing pom
     digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:10]
-    return cache_dir() / "kafka" / f"{kafka_version(pom)}-{digest}" / "libs"
+    return cache_dir() / "kafka" / f"{version}-{digest}" / "libs"
 
 
 def _require(tool: str, hint: str) -> str:

@@ -58,3 +58,12 @@ def test_bad_fault_schedule_is_explained():
 def test_sample_config_checks_clean():
     result = runner.invoke(app, ["config", "check"])
     assert result.exit_code == 0 and "valid; 3 assets, 13 tags" in result.output
+
+
+def test_simulate_fails_loudly_when_nothing_reaches_kafka(tmp_path):
+    from edgewatch.localkafka import free_port
+
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens there
+    result = runner.invoke(app, ["simulate", "--duration", "1"], env={"EDGEWATCH_KAFKA__BOOTSTRAP_SERVERS": closed})
+    assert result.exit_code == 1
+    assert f"not every batch reached Kafka at {closed}" in result.output
