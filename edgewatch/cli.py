@@ -66,7 +66,7 @@ def worker(config: Path = ConfigOption) -> None:
 @user_errors
 def simulate(
     config: Path = ConfigOption,
-    rate_hz: float = typer.Option(10.0, help="Samples per second per tag."),
+    rate_hz: float = typer.Option(10.0, min=0.1, max=10_000, help="Samples per second per tag."),
     fault: list[str] = typer.Option([], help="Inject a fault: ASSET:TAG@START_S[+DURATION_S] (repeatable)."),
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
 ) -> None:
@@ -79,7 +79,7 @@ def simulate(
     generator = PlantGenerator(cfg, rate_hz=rate_hz, faults=[Fault.parse(f) for f in fault], start_us=start_us)
     publisher = ReadingPublisher(cfg.kafka.bootstrap_servers, cfg.kafka.topics.readings)
     console.print(f"publishing {len(cfg.assets)} assets at {rate_hz:g} Hz per tag to {cfg.kafka.topics.readings} on {cfg.kafka.bootstrap_servers}")
-    end = time.monotonic() + duration if duration else None
+    end = time.monotonic() + duration if duration is not None else None
     try:
         while end is None or time.monotonic() < end:
             time.sleep(0.5)
@@ -109,7 +109,7 @@ def simulate(
 def demo(
     config: Path = ConfigOption,
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
-    rate_hz: float = typer.Option(10.0, help="Samples per second per tag."),
+    rate_hz: float = typer.Option(10.0, min=0.1, max=10_000, help="Samples per second per tag."),
     fault: list[str] = typer.Option(
         ["pump-1:bearing_temp@20+40"], help="Fault schedule: ASSET:TAG@START_S[+DURATION_S] (repeatable)."
     ),

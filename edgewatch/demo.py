@@ -4,6 +4,7 @@ worker that raises alerts, with a live terminal view. Everything it starts it st
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import tempfile
@@ -22,7 +23,7 @@ from rich.table import Table
 from connectors.generator import Fault, PlantGenerator
 from connectors.publisher import ReadingPublisher
 from edgewatch.localkafka import LocalKafka, free_port
-from edgewatch.processes import Child, edgewatch_command
+from edgewatch.processes import Child, edgewatch_command, interrupt_on_sigterm
 from stream.config import ServiceConfig, load_config
 from stream.kafka_admin import ensure_topics
 from stream.wire import WireError, decode_reading_batch
@@ -110,21 +111,16 @@ class _View:
         return Group(assets, Panel(alerts, title=f"alerts ({self.alert_count})"))
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def run_demo(config_path: Path, duration_s: float | None, rate_hz: float, faults: list[Fault], console: Console) -> int:
     """Run the demo; return 0 if an alert came through, 1 if none did."""
     workdir = Path(tempfile.mkdtemp(prefix="edgewatch-demo-"))
     broker = LocalKafka(workdir / "kafka", port=free_port())
     env = {"EDGEWATCH_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap, "EDGEWATCH_WORKER__DATA_DIR": str(workdir / "worker")}
-    config = load_config(config_path, environ=env)
+    config = load_config(config_path, environ={**os.environ, **env})  # what the worker child will see
     for fault in faults:  # check the schedule against the config before starting anything
         PlantGenerator(config, faults=[fault])
 
-    # SIGTERM (e.g. from a test or systemd) stops the demo as Ctrl-C does.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = interrupt_on_sigterm()  # e.g. from systemd or a test: stop as Ctrl-C does
     worker = simulator = consumer = None
     view = _View(config)
     try:
@@ -150,7 +146,7 @@ def run_demo(config_path: Path, duration_s: float | None, rate_hz: float, faults
         )
         consumer.subscribe([topics.readings, topics.alerts])
         interactive = console.is_terminal
-        deadline = time.monotonic() + duration_s if duration_s else None
+        deadline = time.monotonic() + duration_s if duration_s is not None else None
         last_line = time.monotonic()
         live = Live(view.render(broker.bootstrap, True), console=console, auto_refresh=False) if interactive else None
         if live:

@@ -164,9 +164,12 @@ class LocalKafka:
             return None
         except PermissionError:
             return pid
-        # A zombie child (killed, not yet reaped by us) counts as stopped.
         try:
+            # A zombie child (killed, not yet reaped by us) counts as stopped; and
+            # after a reboot the pid in a stale file may belong to another program.
             if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return None
+            if str(self.data_dir).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return None
         except OSError:
             pass
@@ -270,16 +273,22 @@ class LocalKafka:
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.pid() is not None:
-            self._reap()
-            time.sleep(0.2)
-        if self.pid() is not None:
-            os.kill(pid, signal.SIGKILL)
-            while self.pid() is not None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and self.pid() is not None:
                 self._reap()
-                time.sleep(0.1)
+                time.sleep(0.2)
+            if self.pid() is not None:
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while self.pid() is not None and time.monotonic() < deadline:
+                    self._reap()
+                    time.sleep(0.1)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            raise KafkaSetupError(f"not allowed to stop the Kafka broker (pid {pid}): it belongs to another user") from None
         self._reap()
         self.pid_file.unlink(missing_ok=True)
         return True

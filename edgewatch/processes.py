@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
@@ -46,8 +45,6 @@ class Child:
             except subprocess.TimeoutExpired:
                 self._signal(signal.SIGKILL)
                 self.process.wait(10)
-        # Grandchildren left in the session (none expected) go too.
-        self._signal(signal.SIGKILL)
         return self.process.returncode
 
     def kill(self) -> None:
@@ -56,6 +53,8 @@ class Child:
         self.process.wait(10)
 
     def _signal(self, sig: int) -> None:
+        if self.process.returncode is not None:
+            return  # reaped: its pid and group may belong to someone else now
         try:
             os.killpg(self.process.pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -75,10 +74,11 @@ def edgewatch_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgewatch", *args]
 
 
-def wait_for(predicate, timeout_s: float, interval_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def interrupt_on_sigterm():
+    """Make SIGTERM raise KeyboardInterrupt, as Ctrl-C does, so that `finally`
+    blocks stop what we started. Returns the previous handler."""
+    return signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -5,10 +5,12 @@ for live data, and later the offline backtest. Today it decodes, validates and
 runs the static limit rule; the windows, detectors, fusion and alarms of later
 stages plug into ``AssetPipeline``.
 
-State that must survive a restart (which alerts are active) is read from and
-written to a mapping the driver passes in: a faust Table backed by a Kafka
-changelog in the worker, a plain dict in tests. It is written only when it
-changes.
+State that must survive a restart (which alerts are active) is read from a
+mapping the driver passes in (a faust Table backed by a Kafka changelog in the
+worker, a plain dict offline). The new state comes back in ``Outputs.state``
+only when it changed, and the driver stores it only after the alerts are in
+Kafka: stored first, a crash in between would restore "active" and the replay
+would never send the alert.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import base64
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import MutableMapping
+from typing import Mapping, MutableMapping
 
 from stream import alerts
 from stream.config import AssetConfig, ServiceConfig
@@ -26,6 +28,9 @@ from stream.validation import InvalidBatch, validate_batch
 from stream.wire import SCHEMA_VERSION, ReadingBatch, WireError, decode_reading_batch, is_good, utc_iso
 
 log = logging.getLogger(__name__)
+
+#: larger rejected inputs are referenced by source offset instead of copied (base64 grows them by 4/3)
+MAX_DEADLETTER_PAYLOAD = 512 * 1024
 
 
 def _error_kind(error: Exception) -> str:
@@ -57,6 +62,12 @@ class Outputs:
     deadletter: dict | None = None
     asset_id: str | None = None
     samples: int = 0
+    #: the asset's new state, when it changed; store it under ``asset_id`` once the alerts are sent
+    state: dict | None = None
+
+    def apply_state(self, store: MutableMapping[str, dict]) -> None:
+        if self.state is not None:
+            store[self.asset_id] = self.state
 
 
 class AssetPipeline:
@@ -71,15 +82,15 @@ class AssetPipeline:
         """Run the rules over a validated batch. Returns (alert messages, new state)."""
         out: list[dict] = []
         if self.limits is not None:
-            active = state.get("limits", {})
-            crossings, new_active = self.limits.evaluate(
-                tag_position, batch.ts_us, batch.value, is_good(batch.quality), active
+            limit_state = state.get("limits", {})
+            crossings, new_limit_state = self.limits.evaluate(
+                tag_position, batch.ts_us, batch.value, is_good(batch.quality), limit_state
             )
             if crossings:
                 where = source.as_dict() if source else None
                 out.extend(alerts.limit_alert(self.asset, c, replayed=batch.replayed, source=where) for c in crossings)
-            if new_active is not active:
-                state = {**state, "limits": new_active}
+            if new_limit_state is not limit_state:
+                state = {**state, "limits": new_limit_state}
         return out, state
 
 
@@ -95,11 +106,18 @@ class Pipeline:
         self.max_future_us = int(config.worker.max_future_s * 1e6)
         self._assets = {asset.id: AssetPipeline(asset, config) for asset in config.assets}
 
-    def process(self, raw: bytes, source: Source | None, state_store: MutableMapping[str, dict]) -> Outputs:
-        """Process one Kafka message value. Never raises on bad input: it becomes a dead letter."""
+    def process(self, raw: bytes, source: Source | None, state_store: Mapping[str, dict]) -> Outputs:
+        """Process one Kafka message value. Never raises on bad input: it becomes a dead letter.
+
+        ``source`` is None offline (no Kafka, so no key to check)."""
         try:
             batch = decode_reading_batch(raw)
-            if source is not None and source.key is not None and source.key != batch.asset_id.encode():
+            if source is not None and source.key is None:
+                raise InvalidBatch(
+                    f'message has no key: send it with the asset id "{batch.asset_id}" as key, '
+                    "so that one asset's readings stay in order on one partition"
+                )
+            if source is not None and source.key != batch.asset_id.encode():
                 raise InvalidBatch(
                     f'message key "{source.key.decode(errors="replace")}" differs from asset_id "{batch.asset_id}": '
                     "the key must be the asset id so that one asset's readings stay in order on one partition"
@@ -118,12 +136,18 @@ class Pipeline:
         except Exception as exc:  # a bug must not stop the plant's stream: park the input, keep going
             log.exception("processing failed for asset %s at %s", batch.asset_id, source)
             return Outputs(deadletter=self.deadletter(raw, exc, source))
-        if new_state is not state:
-            state_store[batch.asset_id] = new_state
-        return Outputs(alerts=messages, asset_id=batch.asset_id, samples=len(batch))
+        return Outputs(
+            alerts=messages, asset_id=batch.asset_id, samples=len(batch), state=None if new_state is state else new_state
+        )
 
     def deadletter(self, raw: bytes, error: Exception, source: Source | None) -> dict:
-        """The dead-letter message for a rejected input: the reason and the original bytes."""
+        """The dead-letter message for a rejected input: the reason and the original bytes.
+
+        Inputs above MAX_DEADLETTER_PAYLOAD are not copied (base64 would push the
+        dead letter past Kafka's message size limit and crash the send): the
+        source offset then points at the original on the readings topic."""
+        size = len(raw) if raw is not None else 0
+        copy = raw is not None and size <= MAX_DEADLETTER_PAYLOAD
         return {
             "schema_version": SCHEMA_VERSION,
             "kind": "deadletter",
@@ -131,6 +155,7 @@ class Pipeline:
             "reason": str(error),
             "source": source.as_dict() if source else None,
             "key_b64": base64.b64encode(source.key).decode() if source and source.key is not None else None,
-            "payload_b64": base64.b64encode(bytes(raw)).decode() if raw is not None else None,
+            "payload_b64": base64.b64encode(bytes(raw)).decode() if copy else None,
+            "payload_size": size,
             "rejected_at": utc_iso(int(self.clock() * 1e6)),
         }

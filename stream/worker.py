@@ -5,7 +5,8 @@ sends what comes out. Delivery is at-least-once with idempotent outputs:
 
 * outputs are sent with ``force=True`` (at once, for low alert latency); faust
   flushes its producer before every offset commit, so no offset is committed
-  before the alerts it caused are in Kafka;
+  before the alerts it caused are in Kafka; the asset's state is stored only
+  after its alerts are acknowledged;
 * a crash between the two replays the messages, and the replay produces alerts
   with the same ids (stream.alerts), which consumers de-duplicate;
 * per-asset state (which alerts are active) lives in a faust Table whose Kafka
@@ -18,6 +19,7 @@ still committed offsets).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -58,7 +60,7 @@ def create_app(config: ServiceConfig) -> faust.App:
     readings = app.topic(topics.readings, key_serializer="raw", value_serializer="raw")
     alerts = app.topic(topics.alerts, key_serializer="raw", value_serializer="raw")
     deadletter = app.topic(topics.deadletter, key_serializer="raw", value_serializer="raw")
-    # Keys and values of the state table are JSON (app-wide serializers below); topics set raw explicitly.
+    # Keys and values of the state table are JSON (the app-wide serializers above); topics set raw explicitly.
     state = app.Table("asset-state", default=dict, partitions=kafka.partitions)
     pipeline = Pipeline(config)
     counters = {"messages": 0, "samples": 0, "alerts": 0, "deadletters": 0}
@@ -69,8 +71,15 @@ def create_app(config: ServiceConfig) -> faust.App:
             message = event.message
             source = Source(message.topic, message.partition, message.offset, message.key)
             outputs = pipeline.process(event.value, source, state)
-            for alert in outputs.alerts:
-                await alerts.send(key=alert["asset_id"].encode(), value=encode_message(alert), force=True)
+            if outputs.alerts:
+                sent = [
+                    await alerts.send(key=alert["asset_id"].encode(), value=encode_message(alert), force=True)
+                    for alert in outputs.alerts
+                ]
+                # Store the new state only once Kafka has the alerts: stored first, a
+                # crash in between would restore "active" and the replay stay silent.
+                await asyncio.gather(*sent)
+            outputs.apply_state(state)
             if outputs.deadletter is not None:
                 log.warning("dead-lettered %s:%s@%s: %s", message.topic, message.partition, message.offset, outputs.deadletter["reason"])
                 await deadletter.send(key=message.key, value=encode_message(outputs.deadletter), force=True)
@@ -95,7 +104,6 @@ def create_app(config: ServiceConfig) -> faust.App:
         )
         last.update(t=now, **counters)
 
-    app.edgewatch_counters = counters  # type: ignore[attr-defined]
     return app
 
 

@@ -28,6 +28,14 @@ PLANT = {
 }
 
 
+def pytest_configure(config):
+    # CI stopping the run with SIGTERM still tears the session down, so the
+    # broker fixture stops its Kafka process instead of leaving it behind.
+    from edgewatch.processes import interrupt_on_sigterm
+
+    interrupt_on_sigterm()
+
+
 def plant_config(**sections) -> ServiceConfig:
     return parse_config({**PLANT, **sections}, "test-plant.yaml", environ={})
 
@@ -62,8 +70,7 @@ def topic_prefix(kafka):
 
     prefix = f"t{uuid.uuid4().hex[:10]}"
     yield prefix
+    from stream.kafka_admin import delete_topics
+
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
-    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-    if names:
-        for future in admin.delete_topics(names, operation_timeout=30).values():
-            future.result(30)
+    delete_topics(kafka.bootstrap, [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)])

@@ -51,7 +51,11 @@ def test_demo_raises_an_alert_within_a_minute_and_ctrl_c_stops_everything():
                 break
     finally:
         demo.send_signal(signal.SIGINT)  # what Ctrl-C does
-        rest, _ = demo.communicate(timeout=60)
+        try:
+            rest, _ = demo.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            rest = demo.communicate()[0] + "\n(the demo did not stop within 120 s of Ctrl-C)"
     output = "".join(lines) + rest
     assert alert_after_s is not None, output
     assert alert_after_s < 60, f"first alert after {alert_after_s:.0f} s\n{output}"

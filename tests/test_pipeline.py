@@ -23,7 +23,9 @@ def run(pipeline, batch_or_raw, store, offset=0, key=None):
     raw = batch_or_raw if isinstance(batch_or_raw, bytes) else encode_reading_batch(batch_or_raw)
     if key is None and not isinstance(batch_or_raw, bytes):
         key = batch_or_raw.asset_id.encode()
-    return pipeline.process(raw, Source("readings", 0, offset, key), store)
+    out = pipeline.process(raw, Source("readings", 0, offset, key), store)
+    out.apply_state(store)  # as the worker does, once the alerts are sent
+    return out
 
 
 def test_crossing_raises_once_and_clears_after_the_deadband(config):
@@ -97,11 +99,19 @@ def test_state_is_written_only_when_it_changes(config):
 
     store = CountingStore()
     pipeline = Pipeline(config)
+    t0 = now_us() - 60_000_000
     for i in range(20):
-        run(pipeline, bearing([60, 61]), store, offset=i)
+        run(pipeline, bearing([60, 61], start_us=t0 + i * 1000), store, offset=i)
     assert CountingStore.writes == 0
-    run(pipeline, bearing([85]), store)
+    run(pipeline, bearing([85], start_us=t0 + 100_000), store)
     assert CountingStore.writes == 1
+    # While the alert stays active, nothing changes and nothing is written (one
+    # changelog record per batch would be a flood).
+    for i in range(5):
+        run(pipeline, bearing([86, 87], start_us=t0 + 200_000 + i * 1000), store)
+    assert CountingStore.writes == 1
+    run(pipeline, bearing([60], start_us=t0 + 300_000), store)
+    assert CountingStore.writes == 2
 
 
 def _json_batch(**fields):
@@ -127,6 +137,7 @@ def test_bad_input_becomes_a_dead_letter(config, raw, error, reason):
     key = b"pump-99" if b"pump-99" in raw else b"pump-1"
     out = Pipeline(config).process(raw, Source("readings", 3, 1234, key), {})
     letter = out.deadletter
+    assert letter["payload_size"] == len(raw)
     assert letter is not None and out.alerts == []
     assert letter["error"] == error
     assert reason in letter["reason"]
@@ -142,6 +153,17 @@ def test_nan_with_bad_quality_is_accepted(config):
 def test_key_must_be_the_asset_id(config):
     out = run(Pipeline(config), bearing([50.0]), {}, key=b"fan-1")
     assert "differs from asset_id" in out.deadletter["reason"]
+    keyless = Pipeline(config).process(encode_reading_batch(bearing([50.0])), Source("readings", 0, 9, None), {})
+    assert "message has no key" in keyless.deadletter["reason"]
+
+
+def test_a_huge_rejected_message_is_referenced_not_copied(config):
+    from stream.pipeline import MAX_DEADLETTER_PAYLOAD
+
+    raw = b"\x01" * (MAX_DEADLETTER_PAYLOAD + 1)
+    letter = Pipeline(config).process(raw, Source("readings", 1, 77, b"pump-1"), {}).deadletter
+    assert letter["payload_b64"] is None and letter["payload_size"] == len(raw)
+    assert letter["source"] == {"topic": "readings", "partition": 1, "offset": 77}
 
 
 def test_json_readings_are_processed_like_binary(config):
@@ -177,3 +199,17 @@ def test_a_sample_without_value_survives_the_json_form(config):
     # The same null with Good quality is refused.
     good = encode_reading_batch_json(bearing([50.0, float("nan")]))
     assert "with Good quality" in run(Pipeline(config), good, {}, key=b"pump-1").deadletter["reason"]
+
+
+def test_a_replay_after_the_state_moved_on_opens_no_new_episode(config):
+    # At-least-once: after a rebalance the worker may see batches again whose
+    # effect its state already holds. Samples at or before a tag's last crossing
+    # are not judged again, so no second episode (with a new id) is opened.
+    pipeline, store = Pipeline(config), {}
+    t0 = now_us() - 60_000_000
+    hot, cool = bearing([88.0, 90.0], start_us=t0), bearing([70.0], start_us=t0 + 500_000)
+    first = run(pipeline, hot, store).alerts + run(pipeline, cool, store, offset=1).alerts
+    assert [a["state"] for a in first] == ["active", "cleared"]
+    assert run(pipeline, hot, store).alerts == [] and run(pipeline, cool, store, offset=1).alerts == []
+    # A genuinely new excursion later is judged as usual.
+    assert [a["state"] for a in run(pipeline, bearing([85.0], start_us=t0 + 900_000), store).alerts] == ["active"]

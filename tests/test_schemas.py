@@ -216,6 +216,7 @@ def test_real_alerts_validate_active_and_cleared():
     pipe = make_pipeline(T0 + 3_000_000)
     state: dict = {}
     first = pipe.process(encode_reading_batch_json(pump_batch(1, T0, [79.4, 80.6], [2.3, 2.4])), READINGS_SOURCE, state)
+    first.apply_state(state)
     second = pipe.process(
         encode_reading_batch_json(pump_batch(2, T0 + 1_000_000, [78.5, 77.9], [2.3, 2.4], replayed=True)), None, state
     )
