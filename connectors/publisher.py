@@ -38,7 +38,7 @@ class ReadingPublisher:
     def publish(self, batch: ReadingBatch) -> None:
         self.publish_raw(batch.asset_id, encode_reading_batch(batch), len(batch))
 
-    def publish_raw(self, asset_id: str, payload: bytes, samples: int = 0, on_delivery=None) -> None:
+    def publish_raw(self, asset_id: str, payload: bytes, samples: int = 0) -> None:
         def report(err: KafkaError | None, msg) -> None:
             if err is None:
                 self.delivered += 1
@@ -47,8 +47,6 @@ class ReadingPublisher:
                 self.failed += 1
                 self.last_error = str(err)
                 log.error("batch of %s not delivered: %s", asset_id, err)
-            if on_delivery is not None:
-                on_delivery(err, msg)
 
         while True:
             try:
