@@ -71,25 +71,22 @@ def simulate(
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
 ) -> None:
     """Publish a simulated plant's readings (all configured assets and tags) to Kafka."""
-    from connectors.generator import Fault, PlantGenerator
-    from connectors.publisher import ReadingPublisher
+    from connectors.generator import Fault
+    from connectors.plant_stream import PlantStream
 
     cfg = load_config(config)
-    start_us = time.time_ns() // 1000
-    generator = PlantGenerator(cfg, rate_hz=rate_hz, faults=[Fault.parse(f) for f in fault], start_us=start_us)
-    publisher = ReadingPublisher(cfg.kafka.bootstrap_servers, cfg.kafka.topics.readings)
+    plant = PlantStream(cfg, rate_hz, [Fault.parse(f) for f in fault])
+    publisher = plant.publisher
     console.print(f"publishing {len(cfg.assets)} assets at {rate_hz:g} Hz per tag to {cfg.kafka.topics.readings} on {cfg.kafka.bootstrap_servers}")
     end = time.monotonic() + duration if duration is not None else None
+    plant.start()
     try:
         while end is None or time.monotonic() < end:
-            time.sleep(0.5)
-            for batch in generator.batches_until(time.time_ns() // 1000):
-                publisher.publish(batch)
-            publisher.poll(0)
+            time.sleep(0.1 if end is None else max(0.0, min(0.1, end - time.monotonic())))
     except KeyboardInterrupt:
         pass
     finally:
-        pending = publisher.flush(10)
+        pending = plant.stop()
     console.print(
         f"delivered {publisher.delivered_samples:,} samples in {publisher.delivered} batches; "
         f"{publisher.failed} failed, {pending} still undelivered"

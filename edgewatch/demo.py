@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import time
 from collections import defaultdict, deque
 from pathlib import Path
@@ -21,33 +20,12 @@ from rich.panel import Panel
 from rich.table import Table
 
 from connectors.generator import Fault, PlantGenerator
-from connectors.publisher import ReadingPublisher
+from connectors.plant_stream import PlantStream
 from edgewatch.localkafka import LocalKafka, free_port
 from edgewatch.processes import Child, edgewatch_command, interrupt_on_sigterm
 from stream.config import ServiceConfig, load_config
 from stream.kafka_admin import ensure_topics
 from stream.wire import WireError, decode_reading_batch
-
-BATCH_INTERVAL_S = 0.5
-
-
-class _Simulator(threading.Thread):
-    """Publishes the generator's batches every BATCH_INTERVAL_S of wall-clock time."""
-
-    def __init__(self, config: ServiceConfig, rate_hz: float, faults: list[Fault]):
-        super().__init__(name="simulator", daemon=True)
-        now_us = time.time_ns() // 1000
-        self.generator = PlantGenerator(config, rate_hz=rate_hz, faults=faults, start_us=now_us)
-        self.publisher = ReadingPublisher(config.kafka.bootstrap_servers, config.kafka.topics.readings)
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.wait(BATCH_INTERVAL_S):
-            for batch in self.generator.batches_until(time.time_ns() // 1000):
-                self.publisher.publish(batch)
-            self.publisher.poll(0)
-        self.publisher.flush(10)
-
 
 class _View:
     """What the live view shows, filled from the readings and alerts topics."""
@@ -131,7 +109,7 @@ def run_demo(config_path: Path, duration_s: float | None, rate_hz: float, faults
         worker = Child(
             edgewatch_command("worker", "--config", str(config_path)), env=env, log_path=workdir / "worker.log"
         )
-        simulator = _Simulator(config, rate_hz, faults)
+        simulator = PlantStream(config, rate_hz, faults)
         simulator.start()
         for fault in faults:
             console.print(f"a fault is scheduled: {fault.asset_id} {fault.tag_id} rises past its high limit {fault.start_s:.0f} s from now")
@@ -181,8 +159,7 @@ def run_demo(config_path: Path, duration_s: float | None, rate_hz: float, faults
     finally:
         signal.signal(signal.SIGTERM, previous)
         if simulator is not None:
-            simulator.stopping.set()
-            simulator.join(15)
+            simulator.stop()
             simulator.publisher = None  # destroy the producer before the broker goes, or librdkafka logs reconnects
         if consumer is not None:
             consumer.close()

@@ -30,6 +30,15 @@ class ConfigError(ValueError):
     """The configuration is invalid. The message lists every problem found."""
 
 
+def _unique_ids(items: list, kind: str) -> list:
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise ValueError(f'{kind} id "{item.id}" appears twice')
+        seen.add(item.id)
+    return items
+
+
 class _Section(BaseModel):
     # A misspelt key is an error, not a silently ignored setting.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -102,12 +111,7 @@ class AssetConfig(_Section):
     @field_validator("tags")
     @classmethod
     def _unique_tags(cls, tags: list[TagConfig]) -> list[TagConfig]:
-        seen: set[str] = set()
-        for tag in tags:
-            if tag.id in seen:
-                raise ValueError(f'tag id "{tag.id}" appears twice')
-            seen.add(tag.id)
-        return tags
+        return _unique_ids(tags, "tag")
 
 
 class LimitRuleSettings(_Section):
@@ -127,12 +131,7 @@ class ServiceConfig(_Section):
     @field_validator("assets")
     @classmethod
     def _unique_assets(cls, assets: list[AssetConfig]) -> list[AssetConfig]:
-        seen: set[str] = set()
-        for asset in assets:
-            if asset.id in seen:
-                raise ValueError(f'asset id "{asset.id}" appears twice')
-            seen.add(asset.id)
-        return assets
+        return _unique_ids(assets, "asset")
 
     def asset(self, asset_id: str) -> AssetConfig | None:
         return self._assets_by_id.get(asset_id)
