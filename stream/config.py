@@ -13,12 +13,13 @@ The reference for every key is docs/configuration.md.
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from stream.topics import TopicNames
 
@@ -85,6 +86,119 @@ class Limits(_Section):
         return self
 
 
+ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
+ModbusType = Literal["int16", "uint16", "int32", "uint32", "int64", "float32", "float64", "bool"]
+#: registers (16 bit) each Modbus type occupies.
+MODBUS_TYPE_WORDS = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "float32": 2, "float64": 4, "bool": 1}
+# ns=2;s=Pump1.Flow, i=2258, nsu=urn:plant;s=x, g=..., b=...
+_NODE_ID = r"^((ns=\d+|nsu=[^;]+);)?[isgb]=.+$"
+_BROWSE_PATH = r"^\d+:[^/]+(/\d+:[^/]+)*$"
+
+
+class OpcUaSource(_Section):
+    """A tag read from an OPC UA server through a monitored item (not polled)."""
+
+    #: the id of an entry under connections.opcua.
+    opcua: Identifier
+    #: the node, e.g. "ns=2;s=Pump1.BearingTemp"; or give browse_path.
+    node_id: str | None = None
+    #: path below the Objects folder, "ns:BrowseName" segments, e.g. "2:Plant/2:Pump1/2:BearingTemp".
+    browse_path: str | None = None
+    #: how often the server samples the value; default: the connection's publishing interval.
+    sampling_interval_ms: float | None = Field(None, ge=0)
+    #: values the server queues between publishes (oldest discarded first, flagged Overflow).
+    queue_size: int = Field(10, ge=1, le=100_000)
+    #: report a change only when it exceeds this (0: every change).
+    deadband: float = Field(0.0, ge=0)
+    deadband_type: Literal["absolute", "percent"] = "absolute"
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id_form(cls, value):
+        if value is not None and not re.match(_NODE_ID, value):
+            raise ValueError(f"{value!r} is not an OPC UA NodeId: write e.g. ns=2;s=Pump1.Flow or ns=3;i=1001")
+        return value
+
+    @field_validator("browse_path")
+    @classmethod
+    def _browse_path_form(cls, value):
+        if value is not None and not re.match(_BROWSE_PATH, value):
+            raise ValueError(f"{value!r} is not a browse path: write namespace:Name segments below Objects, e.g. 2:Plant/2:Pump1/2:Flow")
+        return value
+
+    @model_validator(mode="after")
+    def _one_address(self) -> "OpcUaSource":
+        if (self.node_id is None) == (self.browse_path is None):
+            raise ValueError("give exactly one of node_id or browse_path")
+        if self.deadband_type == "percent" and self.deadband > 100:
+            raise ValueError(f"a percent deadband must be 0..100, got {self.deadband}")
+        return self
+
+
+class ModbusSource(_Section):
+    """A tag read from a Modbus register, coil or discrete input.
+
+    The engineering value is ``raw * scale + offset``.
+    """
+
+    #: the id of an entry under connections.modbus.
+    modbus: Identifier
+    #: the unit (slave) id behind the connection; gateways serve several.
+    unit_id: int = Field(1, ge=0, le=255)
+    table: Literal["holding", "input", "coil", "discrete"] = "holding"
+    #: zero-based protocol address (holding register 40001 is address 0).
+    address: int = Field(ge=0, le=65535)
+    type: ModbusType = "uint16"
+    #: byte and word order of multi-byte values; default: the connection's.
+    byte_order: ByteOrder | None = None
+    #: read one bit field of a 16-bit register: the lowest bit's number (0..15)...
+    bit: int | None = Field(None, ge=0, le=15)
+    #: ...and how many bits (1 gives 0/1).
+    bits: int = Field(1, ge=1, le=16)
+    scale: float = 1.0
+    offset: float = 0.0
+    #: a name from the connection's poll_groups; default: its poll_interval_s.
+    poll_group: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModbusSource":
+        bit_table = self.table in ("coil", "discrete")
+        if bit_table and self.type != "bool":
+            raise ValueError(f"a {self.table} holds one bit: set type: bool (got {self.type})")
+        if not bit_table and self.type == "bool" and self.bit is None:
+            raise ValueError(f"type bool on a {self.table} register needs bit: <0..15> (which bit of the register)")
+        if self.bit is not None:
+            if bit_table:
+                raise ValueError(f"bit applies to registers, not to a {self.table}")
+            if self.type not in ("uint16", "int16", "bool"):
+                raise ValueError(f"a bit field is read from one 16-bit register: use type uint16 (got {self.type})")
+            if self.bit + self.bits > 16:
+                raise ValueError(f"bit {self.bit} + bits {self.bits} runs past the 16 bits of a register")
+        if self.address + MODBUS_TYPE_WORDS[self.type] > 65536:
+            raise ValueError(f"a {self.type} at address {self.address} runs past the last address 65535")
+        return self
+
+    @property
+    def words(self) -> int:
+        return 1 if self.table in ("coil", "discrete") else MODBUS_TYPE_WORDS[self.type]
+
+
+def _source_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "opcua" if "opcua" in value else "modbus" if "modbus" in value else None
+    return "opcua" if isinstance(value, OpcUaSource) else "modbus" if isinstance(value, ModbusSource) else None
+
+
+TagSource = Annotated[
+    Annotated[OpcUaSource, Tag("opcua")] | Annotated[ModbusSource, Tag("modbus")],
+    Discriminator(
+        _source_kind,
+        custom_error_type="source_kind",
+        custom_error_message="a source names its connection: opcua: <connection id> or modbus: <connection id>",
+    ),
+]
+
+
 class TagConfig(_Section):
     id: Identifier
     unit: str = ""
@@ -92,6 +206,8 @@ class TagConfig(_Section):
     #: the range seen in normal operation, shown to operators next to a value.
     normal_range: tuple[float, float] | None = None
     limits: Limits = Limits()
+    #: where the connectors read the tag; a tag without one is published by other means.
+    source: TagSource | None = None
 
     @field_validator("normal_range")
     @classmethod
@@ -122,16 +238,144 @@ class RuleSettings(_Section):
     limits: LimitRuleSettings = LimitRuleSettings()
 
 
+class OpcUaSecurity(_Section):
+    """Message security of an OPC UA connection (Part 2 / Part 7 security policies)."""
+
+    policy: Literal["None", "Basic256Sha256", "Aes256Sha256RsaPss"] = "None"
+    mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    #: this connector's application instance certificate (DER or PEM) and its private key.
+    certificate: str | None = None
+    private_key: str | None = None
+    #: environment variable holding the private key's password, if it has one.
+    private_key_password_env: str | None = None
+    #: folder of trusted server certificates (DER or PEM). A server whose certificate is
+    #: not in it is refused; `edgewatch opcua trust` adds one.
+    trust_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _secured_needs_files(self) -> "OpcUaSecurity":
+        if self.policy != "None":
+            missing = [k for k in ("certificate", "private_key", "trust_dir") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"policy {self.policy} needs {', '.join(missing)} (create a certificate with `edgewatch opcua certificate`)")
+        return self
+
+
+class OpcUaConnection(_Section):
+    """One OPC UA server. All its tags share one session and one subscription."""
+
+    id: Identifier
+    endpoint: str
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_form(cls, value):
+        if not re.match(r"^opc\.tcp://[^/:\s]+(:\d+)?(/\S*)?$", value):
+            raise ValueError(f"{value!r} is not an OPC UA endpoint: write opc.tcp://host:4840 or opc.tcp://host:4840/path")
+        return value
+
+    security: OpcUaSecurity = OpcUaSecurity()
+    username: str | None = None
+    #: environment variable holding the password (keep passwords out of the file)...
+    password_env: str | None = None
+    #: ...or the password itself, for development.
+    password: str | None = None
+    #: how often the server sends the changes it collected.
+    publishing_interval_ms: float = Field(100.0, ge=10)
+    #: seconds a request may take before the connection counts as lost.
+    timeout_s: float = Field(4.0, gt=0, le=120)
+    #: reconnect backoff: the first wait, doubled per failure up to the cap.
+    reconnect_initial_delay_s: float = Field(1.0, gt=0, le=60)
+    reconnect_max_delay_s: float = Field(30.0, gt=0, le=3600)
+    #: notifications buffered in the client before the overflow policy applies.
+    queue_maxsize: int = Field(100_000, ge=100)
+    #: what to do when that buffer is full; drops are counted and reported either way.
+    overflow: Literal["drop_oldest", "drop_newest", "disconnect"] = "drop_oldest"
+    application_uri: str = "urn:edgewatch:connector"
+
+    @model_validator(mode="after")
+    def _one_password(self) -> "OpcUaConnection":
+        if self.password is not None and self.password_env is not None:
+            raise ValueError("give password or password_env, not both")
+        if (self.password is not None or self.password_env is not None) and self.username is None:
+            raise ValueError("a password needs a username")
+        return self
+
+
+class ModbusConnection(_Section):
+    """One Modbus TCP endpoint: a device, or a gateway with several unit ids behind it."""
+
+    id: Identifier
+    host: str = Field(min_length=1)
+    port: int = Field(502, ge=1, le=65535)
+    #: tcp: Modbus TCP (MBAP header); rtu: RTU frames tunnelled over TCP (serial gateways).
+    framer: Literal["tcp", "rtu"] = "tcp"
+    timeout_s: float = Field(1.0, gt=0, le=60)
+    #: extra attempts of a failed request before the device counts as offline.
+    retries: int = Field(2, ge=0, le=10)
+    #: how often tags without a poll_group are read.
+    poll_interval_s: float = Field(1.0, gt=0, le=3600)
+    #: named poll intervals, e.g. {fast: 0.1, slow: 10}, chosen per tag with poll_group.
+    poll_groups: dict[str, Annotated[float, Field(gt=0, le=3600)]] = {}
+    #: byte and word order of multi-register values, unless a tag says otherwise.
+    byte_order: ByteOrder = "ABCD"
+    #: registers left unread between two tags that are still read in one request.
+    max_read_gap: int = Field(8, ge=0, le=100)
+    #: the most registers per request (the protocol allows 125).
+    max_registers_per_read: int = Field(125, ge=1, le=125)
+    reconnect_max_delay_s: float = Field(30.0, gt=0, le=3600)
+
+
+class Connections(_Section):
+    opcua: list[OpcUaConnection] = []
+    modbus: list[ModbusConnection] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Connections":
+        _unique_ids([*self.opcua, *self.modbus], "connection")
+        return self
+
+
+class ConnectSettings(_Section):
+    """The connector process (`edgewatch connect`): batching and the store-and-forward spool."""
+
+    #: the durable spool; one folder per connector process.
+    spool_dir: str = ".edgewatch/spool"
+    #: the spool's bound; when full the oldest data is dropped, counted and reported.
+    spool_max_mb: float = Field(1024.0, gt=0)
+    #: fsync the spool this often (survives power loss); unset: the OS writes it back (survives a crash).
+    spool_fsync_interval_s: float | None = Field(None, gt=0)
+    #: data older than this when it is finally sent counts as backfill and is marked replayed.
+    replay_after_s: float = Field(5.0, gt=0)
+    #: samples of an asset collected this long go out as one reading batch.
+    batch_interval_s: float = Field(0.5, gt=0, le=60)
+    max_batch_samples: int = Field(50_000, ge=1, le=1_000_000)
+    #: where the connector writes its health (JSON), every health_interval_s.
+    health_file: str | None = ".edgewatch/connect/health.json"
+    health_interval_s: float = Field(5.0, gt=0)
+
+
 class ServiceConfig(_Section):
     kafka: KafkaSettings = KafkaSettings()
     worker: WorkerSettings = WorkerSettings()
     rules: RuleSettings = RuleSettings()
+    connections: Connections = Connections()
+    connect: ConnectSettings = ConnectSettings()
     assets: list[AssetConfig] = Field(min_length=1)
 
     @field_validator("assets")
     @classmethod
     def _unique_assets(cls, assets: list[AssetConfig]) -> list[AssetConfig]:
         return _unique_ids(assets, "asset")
+
+    def sources(self, connection_id: str) -> list[tuple[AssetConfig, TagConfig]]:
+        """The (asset, tag) pairs read through one connection, in file order."""
+        return [
+            (asset, tag)
+            for asset in self.assets
+            for tag in asset.tags
+            if tag.source is not None and connection_id in (getattr(tag.source, "opcua", None), getattr(tag.source, "modbus", None))
+        ]
 
     def asset(self, asset_id: str) -> AssetConfig | None:
         return self._assets_by_id.get(asset_id)
@@ -169,28 +413,82 @@ def _apply_env_overrides(doc: dict, environ: Mapping[str, str]) -> list[str]:
     return applied
 
 
-def _describe_location(doc: Any, loc: tuple) -> str:
-    """('assets', 0, 'tags', 2, 'limits', 'high') -> 'assets[0] (asset "pump-1") tags[2] (tag "x") limits.high'."""
-    words: list[str] = []
-    node = doc
+def _describe_location(doc: Any, loc: tuple) -> tuple[str, str, str]:
+    """Turn a pydantic error location into (device, field, where) for the message.
+
+    ('assets', 0, 'tags', 2, 'limits', 'high') -> ('device "pump-1" tag "flow"',
+    'limits.high', 'assets[0].tags[2].limits.high'). Devices are assets and
+    connections, as integrators call both.
+    """
+    loc = list(loc)
+    # a tag's source is a union told apart by its connection key: pydantic puts
+    # that tag ("opcua" / "modbus") in the location; it is not a key of the file.
+    for i in range(len(loc) - 1):
+        if loc[i] == "source" and loc[i + 1] in ("opcua", "modbus") and i + 2 < len(loc):
+            del loc[i + 1]
+            break
+    where = ""
     for part in loc:
-        if isinstance(part, int):
-            label = ""
-            if isinstance(node, list) and 0 <= part < len(node):
-                node = node[part]
-                if isinstance(node, dict) and "id" in node:
-                    kind = "tag" if words and words[-1].startswith("tags") else "asset"
-                    label = f' ({kind} "{node["id"]}")'
-            else:
-                node = None
-            words[-1] = f"{words[-1]}[{part}]{label}" if words else f"[{part}]"
-        else:
-            node = node.get(part) if isinstance(node, dict) else None
-            if words and not words[-1].endswith(")"):
-                words[-1] = f"{words[-1]}.{part}"
-            else:
-                words.append(str(part))
-    return " ".join(words) or "(top level)"
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    device: list[str] = []
+    consumed = 0
+    node = doc
+    try:
+        if loc[:1] == ["assets"] and len(loc) > 1 and isinstance(loc[1], int):
+            node = doc["assets"][loc[1]]
+            device.append(f'device "{node.get("id", f"assets[{loc[1]}]")}"')
+            consumed = 2
+            if loc[2:3] == ["tags"] and len(loc) > 3 and isinstance(loc[3], int):
+                tag = node["tags"][loc[3]]
+                device.append(f'tag "{tag.get("id", f"tags[{loc[3]}]")}"')
+                consumed = 4
+        elif loc[:1] == ["connections"] and len(loc) > 2 and isinstance(loc[2], int):
+            node = doc["connections"][loc[1]][loc[2]]
+            device.append(f'{loc[1]} device "{node.get("id", f"{loc[1]}[{loc[2]}]")}"')
+            consumed = 3
+    except (KeyError, IndexError, TypeError, AttributeError):
+        pass  # the location points into something that is not the expected shape
+    field = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc[consumed:]).replace(".[", "[")
+    return " ".join(device), field, where or "(top level)"
+
+
+def _cross_check(config: ServiceConfig) -> list[tuple[tuple, str]]:
+    """What pydantic cannot see inside one entry: tags naming connections that exist."""
+    problems = []
+    opcua = {c.id for c in config.connections.opcua}
+    modbus = {c.id: c for c in config.connections.modbus}
+    for a, asset in enumerate(config.assets):
+        for t, tag in enumerate(asset.tags):
+            source, loc = tag.source, ("assets", a, "tags", t, "source")
+            if isinstance(source, OpcUaSource) and source.opcua not in opcua:
+                known = ", ".join(sorted(opcua)) or "none configured"
+                problems.append((loc + ("opcua",), f'no OPC UA connection "{source.opcua}" under connections.opcua (known: {known})'))
+            elif isinstance(source, ModbusSource):
+                connection = modbus.get(source.modbus)
+                if connection is None:
+                    known = ", ".join(sorted(modbus)) or "none configured"
+                    problems.append((loc + ("modbus",), f'no Modbus connection "{source.modbus}" under connections.modbus (known: {known})'))
+                elif source.poll_group is not None and source.poll_group not in connection.poll_groups:
+                    known = ", ".join(sorted(connection.poll_groups)) or "none defined"
+                    problems.append(
+                        (loc + ("poll_group",), f'connection "{connection.id}" has no poll group "{source.poll_group}" (its poll_groups: {known})')
+                    )
+    return problems
+
+
+def _raise_problems(doc: Any, source: str, problems: list[tuple[tuple, str]], applied: list[str]) -> None:
+    """One ConfigError naming the file, and per problem the device, tag and field."""
+    overrides = f" (with environment overrides {', '.join(applied)})" if applied else ""
+    lines = []
+    for loc, message in problems:
+        device, field, where = _describe_location(doc, loc)
+        subject = f"for {device}: " if device else ": "
+        lines.append((subject, f"field {field}: {message}" if field else message, where))
+    if len(lines) == 1:
+        subject, text, where = lines[0]
+        raise ConfigError(f"configuration invalid {subject.removeprefix(' ')}{text} (in {source}{overrides}, at {where})".replace("invalid : ", "invalid: "))
+    body = "\n".join(f"  {subject.removeprefix(': ')}{text} (at {where})" for subject, text, where in lines)
+    raise ConfigError(f"configuration invalid in {source}{overrides}, {len(lines)} problems:\n{body}")
 
 
 def parse_config(doc: Any, source: str, environ: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -201,17 +499,19 @@ def parse_config(doc: Any, source: str, environ: Mapping[str, str] | None = None
         raise ConfigError(f"configuration invalid in {source}: the file must hold a mapping of sections, got {type(doc).__name__}")
     applied = _apply_env_overrides(doc, os.environ if environ is None else environ)
     try:
-        return ServiceConfig.model_validate(doc)
+        config = ServiceConfig.model_validate(doc)
     except ValidationError as exc:
-        lines = []
+        problems = []
         for error in exc.errors():
-            where = _describe_location(doc, tuple(error["loc"]))
             message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 message = "unknown key (misspelt? see docs/configuration.md)"
-            lines.append(f"  {where}: {message}")
-        overrides = f" (with environment overrides {', '.join(applied)})" if applied else ""
-        raise ConfigError(f"configuration invalid in {source}{overrides}:\n" + "\n".join(lines)) from None
+            problems.append((tuple(error["loc"]), message))
+        _raise_problems(doc, source, problems, applied)
+    problems = _cross_check(config)
+    if problems:
+        _raise_problems(doc, source, problems, applied)
+    return config
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> ServiceConfig:
