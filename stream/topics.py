@@ -17,6 +17,7 @@ TOPIC_SUFFIXES = {
     "deadletter": "deadletter",
     "models": "models",
     "alert_commands": "alert-commands",
+    "events": "connector-events",
 }
 
 #: topics whose latest value per key is what matters: Kafka keeps them compacted.
@@ -34,6 +35,7 @@ class TopicNames:
     deadletter: str
     models: str
     alert_commands: str
+    events: str
 
     @classmethod
     def with_prefix(cls, prefix: str) -> "TopicNames":

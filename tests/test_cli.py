@@ -38,8 +38,8 @@ def test_invalid_config_is_reported_without_traceback(tmp_path):
     path.write_text("assets:\n  - id: pump-3\n    tags:\n      - {id: bearing_temp, limits: {low: 9, high: 1}}\n")
     result = runner.invoke(app, ["config", "check", str(path)])
     assert result.exit_code == 2
-    assert f"configuration invalid in {path}" in result.output
-    assert 'asset "pump-3"' in result.output and 'tag "bearing_temp"' in result.output
+    assert 'configuration invalid for device "pump-3" tag "bearing_temp": field limits:' in result.output
+    assert str(path) in result.output
     assert "Traceback" not in result.output
 
 

@@ -36,28 +36,85 @@ assets:
     with pytest.raises(ConfigError) as err:
         load_config(path, environ={})
     text = str(err.value)
+    assert text.startswith('configuration invalid for device "pump-3" tag "bearing_temp": field limits.high:')
     assert str(path) in text
-    assert 'assets[0] (asset "pump-3") tags[0] (tag "bearing_temp") limits.high' in text
+    assert "at assets[0].tags[0].limits.high" in text
     assert "valid number" in text
 
 
 @pytest.mark.parametrize(
     "doc, expected",
     [
-        ({"assets": []}, "assets: List should have at least 1 item"),
-        ({"kafka": {"bootstrap_server": "x"}, **PLANT}, "kafka.bootstrap_server: unknown key"),
+        ({"assets": []}, "field assets: List should have at least 1 item"),
+        ({"kafka": {"bootstrap_server": "x"}, **PLANT}, "field kafka.bootstrap_server: unknown key"),
         ({"assets": [{"id": "p", "tags": [{"id": "t", "limits": {"low": 5, "high": 1}}]}]}, "low (5.0) must be below high (1.0)"),
         ({"assets": [{"id": "p", "tags": [{"id": "t"}, {"id": "t"}]}]}, 'tag id "t" appears twice'),
         ({"assets": [{"id": "p", "tags": [{"id": "t"}]}, {"id": "p", "tags": [{"id": "t"}]}]}, 'asset id "p" appears twice'),
         ({"assets": [{"id": "bad id!", "tags": [{"id": "t"}]}]}, "String should match pattern"),
-        ({"assets": [{"id": "p", "type": "boiler", "tags": [{"id": "t"}]}]}, "type: Input should be"),
-        ({"worker": {"session_timeout_s": 1}, **PLANT}, "worker.session_timeout_s: Input should be greater than or equal to 6"),
+        ({"assets": [{"id": "p", "type": "boiler", "tags": [{"id": "t"}]}]}, 'for device "p": field type: Input should be'),
+        ({"worker": {"session_timeout_s": 1}, **PLANT}, "field worker.session_timeout_s: Input should be greater than or equal to 6"),
     ],
 )
 def test_invalid_documents_are_explained(doc, expected):
-    with pytest.raises(ConfigError, match="configuration invalid in plant.yaml") as err:
+    with pytest.raises(ConfigError, match="configuration invalid") as err:
         parse_config(doc, "plant.yaml", environ={})
     assert expected in str(err.value)
+    assert "plant.yaml" in str(err.value)
+
+
+def _with_sources(*sources, connections=None):
+    tags = [{"id": f"t{i}", "source": s} for i, s in enumerate(sources)]
+    return {"connections": connections or {}, "assets": [{"id": "pump-3", "type": "pump", "tags": tags}]}
+
+
+GATEWAY = {"modbus": [{"id": "gw-1", "host": "10.0.0.5", "poll_groups": {"fast": 0.1}}], "opcua": [{"id": "plc-1", "endpoint": "opc.tcp://plc:4840"}]}
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ({"modbus": "gw-1", "address": 3, "type": "float33"}, 'for device "pump-3" tag "t0": field source.type: Input should be'),
+        ({"modbus": "gw-9", "address": 3}, 'tag "t0": field source.modbus: no Modbus connection "gw-9" under connections.modbus (known: gw-1)'),
+        ({"opcua": "plc-2", "node_id": "ns=2;s=x"}, 'field source.opcua: no OPC UA connection "plc-2"'),
+        ({"modbus": "gw-1", "address": 3, "poll_group": "slow"}, 'connection "gw-1" has no poll group "slow" (its poll_groups: fast)'),
+        ({"modbus": "gw-1", "table": "coil", "address": 3, "type": "uint16"}, "a coil holds one bit: set type: bool"),
+        ({"modbus": "gw-1", "address": 65535, "type": "float32"}, "runs past the last address 65535"),
+        ({"modbus": "gw-1", "address": 1, "bit": 12, "bits": 8}, "runs past the 16 bits of a register"),
+        ({"opcua": "plc-1", "node_id": "Pump1.Flow"}, "is not an OPC UA NodeId: write e.g. ns=2;s=Pump1.Flow"),
+        ({"opcua": "plc-1"}, "give exactly one of node_id or browse_path"),
+        ({"address": 3}, "a source names its connection: opcua: <connection id> or modbus: <connection id>"),
+    ],
+)
+def test_source_errors_name_device_tag_and_field(source, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_config(_with_sources(source, connections=GATEWAY), "plant.yaml", environ={})
+    assert expected in str(err.value)
+    assert str(err.value).startswith('configuration invalid for device "pump-3" tag "t0"')
+
+
+def test_connection_errors_name_the_connection():
+    connections = {"modbus": [{"id": "gw-1", "host": "h", "port": 0}], "opcua": [{"id": "plc-1", "endpoint": "http://plc"}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(_with_sources({"modbus": "gw-1", "address": 1}, connections=connections), "plant.yaml", environ={})
+    text = str(err.value)
+    assert 'for modbus device "gw-1": field port: Input should be greater than or equal to 1' in text
+    assert 'for opcua device "plc-1": field endpoint:' in text and "write opc.tcp://host:4840" in text
+
+
+def test_secured_opcua_connection_needs_certificate_and_trust_list():
+    connections = {"opcua": [{"id": "plc-1", "endpoint": "opc.tcp://plc:4840", "security": {"policy": "Basic256Sha256"}}]}
+    with pytest.raises(ConfigError, match="needs certificate, private_key, trust_dir"):
+        parse_config(_with_sources({"opcua": "plc-1", "node_id": "i=2258"}, connections=connections), "plant.yaml", environ={})
+
+
+def test_sources_of_a_connection_in_file_order():
+    config = parse_config(
+        _with_sources({"modbus": "gw-1", "address": 1}, {"opcua": "plc-1", "browse_path": "2:Plant/2:Pump3/2:Flow"}, {"modbus": "gw-1", "address": 7}, connections=GATEWAY),
+        "plant.yaml",
+        environ={},
+    )
+    assert [tag.id for _, tag in config.sources("gw-1")] == ["t0", "t2"]
+    assert [tag.id for _, tag in config.sources("plc-1")] == ["t1"]
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

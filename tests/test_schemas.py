@@ -17,6 +17,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
+from connectors.base import ConnectorEvent
 from stream import pipeline as pipeline_module
 from stream.config import parse_config
 from stream.pipeline import Pipeline, Source
@@ -44,6 +45,7 @@ SCHEMA_FOR_TOPIC = {
     "deadletter": "deadletter",
     "models": "models",
     "alert_commands": "alert-command",
+    "events": "connector-event",
 }
 STEMS = sorted(SCHEMA_FOR_TOPIC.values())
 
@@ -145,7 +147,15 @@ def documented_scenario() -> dict[str, dict]:
     garbage_source = Source("edgewatch.readings", 2, 1_184_468, b"pump-1")
     dead = make_pipeline(T0 + 2_125_000).process(b"garbage", garbage_source, {})
     assert dead.deadletter is not None
-    return {"reading-batch": orjson.loads(raw), "alert": as_sent(out.alerts[0]), "deadletter": as_sent(dead.deadletter)}
+    lost = ConnectorEvent(
+        "comm_lost", "modbus", "gw-1/3", T0 + 3_000_000, assets=("pump-1",), detail="no response from unit 3 within 1.0 s (2 retries)"
+    )
+    return {
+        "reading-batch": orjson.loads(raw),
+        "alert": as_sent(out.alerts[0]),
+        "deadletter": as_sent(dead.deadletter),
+        "connector-event": as_sent(lost.to_message()),
+    }
 
 
 # --------------------------------------------------------------------------- schema files
@@ -193,7 +203,7 @@ def test_docs_name_every_topic():
         assert f"edgewatch.{suffix}" in text, f"docs/wire-schema.md does not mention topic edgewatch.{suffix}"
 
 
-@pytest.mark.parametrize("stem", ["reading-batch", "alert", "deadletter"])
+@pytest.mark.parametrize("stem", ["reading-batch", "alert", "deadletter", "connector-event"])
 def test_docs_examples_are_what_the_code_produces(stem):
     assert doc_example(stem) == documented_scenario()[stem], (
         f"the {stem} example in docs/wire-schema.md differs from what the code produces for the documented "
