@@ -64,6 +64,20 @@ def worker(config: Path = ConfigOption) -> None:
 
 @app.command()
 @user_errors
+def connect(
+    config: Path = ConfigOption,
+    only: list[str] = typer.Option([], "--only", help="Run only this connection id (repeatable); default: all of the file."),
+) -> None:
+    """Read the plant's OPC UA servers and Modbus devices and publish to Kafka (through the durable spool)."""
+    from connectors.runner import run_connect
+
+    cfg = load_config(config)
+    logging.basicConfig(level=cfg.worker.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_connect(cfg, str(config), only)
+
+
+@app.command()
+@user_errors
 def simulate(
     config: Path = ConfigOption,
     rate_hz: float = typer.Option(10.0, min=0.1, max=10_000, help="Samples per second per tag."),
