@@ -37,6 +37,13 @@ err_console = Console(stderr=True)
 ConfigOption = typer.Option(DEFAULT_CONFIG, "--config", "-c", envvar="EDGEWATCH_CONFIG", help="Service configuration (YAML).")
 
 
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # asyncua and pymodbus log every request at INFO: our connectors say what matters.
+    for chatty in ("asyncua", "pymodbus"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
 def user_errors(command):
     """Turn errors a user can cause into a clear message and exit code 2, not a traceback."""
 
@@ -72,7 +79,7 @@ def connect(
     from connectors.runner import run_connect
 
     cfg = load_config(config)
-    logging.basicConfig(level=cfg.worker.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(cfg.worker.log_level)
     run_connect(cfg, str(config), only)
 
 
@@ -80,39 +87,40 @@ def connect(
 @user_errors
 def simulate(
     config: Path = ConfigOption,
-    rate_hz: float = typer.Option(10.0, min=0.1, max=10_000, help="Samples per second per tag."),
-    fault: list[str] = typer.Option([], help="Inject a fault: ASSET:TAG@START_S[+DURATION_S] (repeatable)."),
+    fault: list[str] = typer.Option(
+        [], help="Add a fault: ASSET:KIND@START_S[+DURATION_S][*SEVERITY] or ASSET:KIND/TAG@... for a sensor fault (repeatable)."
+    ),
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
+    listen_host: Optional[str] = typer.Option(None, help="Listen on this address instead of each connection's host (0.0.0.0 in a container)."),
+    rate_hz: Optional[float] = typer.Option(None, min=0.1, max=1000, help="Value updates per second (default: simulator.rate_hz)."),
 ) -> None:
-    """Publish a simulated plant's readings (all configured assets and tags) to Kafka."""
-    from connectors.generator import Fault
-    from connectors.plant_stream import PlantStream
+    """Serve a simulated plant over real OPC UA and Modbus TCP servers, at the addresses of the file's connections."""
+    import asyncio
+    import signal
+
+    from connectors.simulator.serve import SimulatedPlant
 
     cfg = load_config(config)
-    plant = PlantStream(cfg, rate_hz, [Fault.parse(f) for f in fault])
-    publisher = plant.publisher
-    console.print(f"publishing {len(cfg.assets)} assets at {rate_hz:g} Hz per tag to {cfg.kafka.topics.readings} on {cfg.kafka.bootstrap_servers}")
-    end = time.monotonic() + duration if duration is not None else None
-    plant.start()
-    try:
-        while end is None or time.monotonic() < end:
-            time.sleep(0.1 if end is None else max(0.0, min(0.1, end - time.monotonic())))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        pending = plant.stop()
-    console.print(
-        f"delivered {publisher.delivered_samples:,} samples in {publisher.delivered} batches; "
-        f"{publisher.failed} failed, {pending} still undelivered"
-    )
-    if publisher.failed or pending:
-        err_console.print(
-            f"[bold red]error:[/] not every batch reached Kafka at {cfg.kafka.bootstrap_servers}"
-            + (f" (last error: {publisher.last_error})" if publisher.last_error else "")
-            + "; is the broker running and the address right?",
-            soft_wrap=True,
-        )
-        raise typer.Exit(1)
+    setup_logging(cfg.worker.log_level)
+    plant = SimulatedPlant(cfg, fault, listen_host=listen_host, rate_hz=rate_hz)
+    truth = plant.write_ground_truth()
+    for server, tags in plant.opcua_servers:
+        console.print(f"OPC UA {server.connection.id}: {server.endpoint} ({len(tags)} tags)")
+    for server, tags in plant.modbus_servers:
+        console.print(f"Modbus {server.connection.id}: {server.host}:{server.port} {server.connection.framer} ({len(tags)} tags)")
+    for record in plant.simulation.ground_truth():
+        console.print(f"fault scheduled: {record['episode']} from {record['start']} to {record['end'] or 'the end'}")
+    console.print(f"ground truth: {truth}; {plant.rate_hz:g} updates per second")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await plant.run(stop, duration)
+
+    asyncio.run(main())
+    console.print(f"simulation stopped after {plant.updates:,} updates ({plant.late_updates} skipped for lack of CPU)")
 
 
 @app.command()

@@ -355,12 +355,30 @@ class ConnectSettings(_Section):
     health_interval_s: float = Field(5.0, gt=0)
 
 
+class SimulatorSettings(_Section):
+    """`edgewatch simulate`: the simulated plant behind the configured connections."""
+
+    #: value updates per second on every simulated server.
+    rate_hz: float = Field(10.0, gt=0, le=1000)
+    seed: int = 0
+    #: the daily load cycle's period; shorten it (e.g. 600) to see load changes in a demo.
+    load_cycle_period_s: float = Field(86_400.0, gt=0)
+    #: the fault schedule: {asset, kind, start_s, duration_s, severity, tag, ramp_s};
+    #: see connectors/simulator/faults.py for the kinds. `--fault` on the command line adds more.
+    faults: list[dict[str, Any]] = []
+    #: where the ground truth of the fault schedule is written (JSON Lines).
+    ground_truth_file: str = ".edgewatch/simulator/ground-truth.jsonl"
+    #: the simulator's own OPC UA server certificate, for connections with security.
+    pki_dir: str = ".edgewatch/simulator/pki"
+
+
 class ServiceConfig(_Section):
     kafka: KafkaSettings = KafkaSettings()
     worker: WorkerSettings = WorkerSettings()
     rules: RuleSettings = RuleSettings()
     connections: Connections = Connections()
     connect: ConnectSettings = ConnectSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
     assets: list[AssetConfig] = Field(min_length=1)
 
     @field_validator("assets")
