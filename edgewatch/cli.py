@@ -128,16 +128,15 @@ def simulate(
 def demo(
     config: Path = ConfigOption,
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
-    rate_hz: float = typer.Option(10.0, min=0.1, max=10_000, help="Samples per second per tag."),
     fault: list[str] = typer.Option(
-        ["pump-1:bearing_temp@20+40"], help="Fault schedule: ASSET:TAG@START_S[+DURATION_S] (repeatable)."
+        ["pump-1:cavitation@20+40"],
+        help="Fault schedule: ASSET:KIND@START_S[+DURATION_S][*SEVERITY] or ASSET:KIND/TAG@... (repeatable).",
     ),
 ) -> None:
-    """Local Kafka + simulated plant + worker, with a live view of readings and alerts."""
-    from connectors.generator import Fault
+    """Local Kafka + simulated plant (OPC UA, Modbus) + connectors + worker, with a live view of readings and alerts."""
     from edgewatch.demo import run_demo
 
-    raise typer.Exit(run_demo(config, duration, rate_hz, [Fault.parse(f) for f in fault], console))
+    raise typer.Exit(run_demo(config, duration, fault, console))
 
 
 @app.command()

@@ -1,5 +1,13 @@
-"""`edgewatch demo`: a simulated plant streaming through a real Kafka broker into a
-worker that raises alerts, with a live terminal view. Everything it starts it stops.
+"""`edgewatch demo`: the whole path on one machine, with a live terminal view.
+
+    edgewatch simulate          edgewatch connect                  edgewatch worker
+    OPC UA server  ─┐
+                    ├──>  OPC UA / Modbus connectors ─> spool ─> Kafka ─> alerts
+    Modbus gateway ─┘
+
+The plant file's connections are moved to free local ports and its spool and
+health file into a temporary folder, so the demo never touches a real plant or
+the user's own spool. Everything it starts it stops.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from connectors.generator import Fault, PlantGenerator
-from connectors.plant_stream import PlantStream
+import yaml
+
+from connectors.simulator.faults import FaultSpec
 from edgewatch.localkafka import LocalKafka, free_port
 from edgewatch.processes import Child, edgewatch_command, interrupt_on_sigterm
 from stream.config import ServiceConfig, load_config
@@ -65,7 +74,7 @@ class _View:
         window = self.recent[asset_id]
         return sum(n for _, n in window) / 5.0
 
-    def render(self, broker: str, worker_alive: bool):
+    def render(self, broker: str, worker_alive: bool, devices: list[dict] = ()):
         elapsed = time.monotonic() - self.started
         assets = Table(title=f"edgewatch demo: broker {broker}, {elapsed:.0f} s, worker {'running' if worker_alive else 'STOPPED'}")
         for column in ("asset", "type", "tags", "samples/s", "samples", "active alerts"):
@@ -86,33 +95,73 @@ class _View:
         for alert in self.alerts:
             style = "bold red" if alert["state"] == "active" else "green"
             alerts.add_row(alert["event_time"][11:23], f"[{style}]{alert['state']}[/]", alert["priority"], alert["message"])
-        return Group(assets, Panel(alerts, title=f"alerts ({self.alert_count})"))
+        links = Table(title="connections (edgewatch connect)")
+        for column in ("device", "protocol", "connected", "samples", "last good read"):
+            links.add_column(column)
+        for device in devices:
+            ok = "[green]yes[/]" if device.get("connected") else "[bold red]no[/]"
+            links.add_row(device["device"], device["connector"], ok, f"{device.get('samples', 0):,}", (device.get("last_ok") or "never")[11:23])
+        return Group(assets, links, Panel(alerts, title=f"alerts ({self.alert_count})"))
 
 
-def run_demo(config_path: Path, duration_s: float | None, rate_hz: float, faults: list[Fault], console: Console) -> int:
+def _devices(config: ServiceConfig) -> list[dict]:
+    """The connectors' health file, if it is there yet."""
+    try:
+        return orjson.loads(Path(config.connect.health_file).read_bytes()).get("devices", [])
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def demo_config(config_path: Path, workdir: Path, faults: list[str]) -> Path:
+    """A copy of the plant file for the demo: connections on free local ports, the
+    spool, health file and ground truth in ``workdir``, the faults added."""
+    doc = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
+    connections = doc.get("connections") or {}
+    for server in connections.get("opcua") or []:
+        server["endpoint"] = f"opc.tcp://127.0.0.1:{free_port()}/edgewatch/"
+    for device in connections.get("modbus") or []:
+        device["host"], device["port"] = "127.0.0.1", free_port()
+    doc["connect"] = {**(doc.get("connect") or {}), "spool_dir": str(workdir / "spool"), "health_file": str(workdir / "health.json"), "health_interval_s": 1}
+    simulator = doc.get("simulator") or {}
+    doc["simulator"] = {**simulator, "ground_truth_file": str(workdir / "ground-truth.jsonl"), "pki_dir": str(workdir / "pki")}
+    path = workdir / "plant.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_demo(config_path: Path, duration_s: float | None, faults: list[str], console: Console) -> int:
     """Run the demo; return 0 if an alert came through, 1 if none did."""
+    for fault in faults:  # a typo in the schedule is reported before anything starts
+        FaultSpec.parse(fault)
     workdir = Path(tempfile.mkdtemp(prefix="edgewatch-demo-"))
     broker = LocalKafka(workdir / "kafka", port=free_port())
     env = {"EDGEWATCH_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap, "EDGEWATCH_WORKER__DATA_DIR": str(workdir / "worker")}
-    config = load_config(config_path, environ={**os.environ, **env})  # what the worker child will see
-    for fault in faults:  # check the schedule against the config before starting anything
-        PlantGenerator(config, faults=[fault])
+    try:
+        plant_file = demo_config(config_path, workdir, faults)
+        config = load_config(plant_file, environ={**os.environ, **env})  # what the children will see
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
 
     previous = interrupt_on_sigterm()  # e.g. from systemd or a test: stop as Ctrl-C does
-    worker = simulator = consumer = None
+    worker = simulator = connector = consumer = None
     view = _View(config)
+    children = {}
     try:
         console.print(f"[bold]edgewatch demo[/]: starting Apache Kafka on {broker.bootstrap} ...")
         broker.start()
         ensure_topics(config.kafka)
-        console.print("starting the worker and the simulated plant ...")
-        worker = Child(
-            edgewatch_command("worker", "--config", str(config_path)), env=env, log_path=workdir / "worker.log"
+        console.print("starting the simulated plant (OPC UA + Modbus servers), the connectors and the worker ...")
+        fault_args = [arg for fault in faults for arg in ("--fault", fault)]
+        simulator = children["simulator"] = Child(
+            edgewatch_command("simulate", "--config", str(plant_file), *fault_args), env=env, log_path=workdir / "simulate.log"
         )
-        simulator = PlantStream(config, rate_hz, faults)
-        simulator.start()
+        connector = children["connectors"] = Child(edgewatch_command("connect", "--config", str(plant_file)), env=env, log_path=workdir / "connect.log")
+        worker = children["worker"] = Child(edgewatch_command("worker", "--config", str(plant_file)), env=env, log_path=workdir / "worker.log")
         for fault in faults:
-            console.print(f"a fault is scheduled: {fault.asset_id} {fault.tag_id} rises past its high limit {fault.start_s:.0f} s from now")
+            spec = FaultSpec.parse(fault)
+            lasting = f" for {spec.duration_s:.0f} s" if spec.duration_s else ""
+            console.print(f"a fault is scheduled: {spec.kind} on {spec.asset_id}{' ' + spec.tag if spec.tag else ''}, {spec.start_s:.0f} s from now{lasting}")
         topics = config.kafka.topics
         consumer = Consumer(
             {
@@ -142,15 +191,16 @@ def run_demo(config_path: Path, duration_s: float | None, rate_hz: float, faults
                         if not interactive:
                             console.print(f"ALERT {alert['state']}: {alert['message']} (alert_id {alert['alert_id']})")
                 if live:
-                    live.update(view.render(broker.bootstrap, worker.alive()), refresh=True)
+                    live.update(view.render(broker.bootstrap, worker.alive(), _devices(config)), refresh=True)
                 elif time.monotonic() - last_line >= 5:
                     last_line = time.monotonic()
                     total = sum(view.samples.values())
                     rate = sum(view.rate(a.id) for a in config.assets)
                     console.print(f"{time.monotonic() - view.started:4.0f} s: {total:,} samples ({rate:,.0f}/s), {view.alert_count} alerts")
-                if not worker.alive():
-                    console.print(f"[red]the worker stopped unexpectedly[/]; its log ends with:\n{worker.log_tail()}")
-                    return 1
+                for name, child in children.items():
+                    if not child.alive():
+                        console.print(f"[red]the {name} stopped unexpectedly[/]; its log ends with:\n{child.log_tail()}")
+                        return 1
         finally:
             if live:
                 live.stop()
@@ -158,13 +208,12 @@ def run_demo(config_path: Path, duration_s: float | None, rate_hz: float, faults
         console.print("stopping ...")
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if simulator is not None:
-            simulator.stop()
-            simulator.publisher = None  # destroy the producer before the broker goes, or librdkafka logs reconnects
         if consumer is not None:
             consumer.close()
-        if worker is not None:
-            worker.stop()
+        # the connectors before the simulator (no comm-lost noise) and both before the broker
+        for child in (connector, simulator, worker):
+            if child is not None:
+                child.stop()
         broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     if view.alert_count:
@@ -173,5 +222,5 @@ def run_demo(config_path: Path, duration_s: float | None, rate_hz: float, faults
             f"the first arrived {view.first_alert_after_s:.0f} s after start. Everything it started is stopped."
         )
         return 0
-    console.print("demo finished without any alert: the worker may not have caught up (see `edgewatch worker` logs).")
+    console.print("demo finished without any alert: the fault may not have started yet, or the worker not caught up.")
     return 1

@@ -174,6 +174,10 @@ class ModbusSource(_Section):
                 raise ValueError(f"a bit field is read from one 16-bit register: use type uint16 (got {self.type})")
             if self.bit + self.bits > 16:
                 raise ValueError(f"bit {self.bit} + bits {self.bits} runs past the 16 bits of a register")
+        if self.scale == 0:
+            raise ValueError("scale 0 makes every reading equal to offset: use 1 for the raw value")
+        if self.bits != 1 and self.bit is None:
+            raise ValueError("bits needs bit: the lowest bit of the field (0..15)")
         if self.address + MODBUS_TYPE_WORDS[self.type] > 65536:
             raise ValueError(f"a {self.type} at address {self.address} runs past the last address 65535")
         return self
@@ -431,7 +435,7 @@ def _apply_env_overrides(doc: dict, environ: Mapping[str, str]) -> list[str]:
     return applied
 
 
-def _describe_location(doc: Any, loc: tuple) -> tuple[str, str, str]:
+def _describe_location(doc: Any, loc: tuple, from_pydantic: bool = True) -> tuple[str, str, str]:
     """Turn a pydantic error location into (device, field, where) for the message.
 
     ('assets', 0, 'tags', 2, 'limits', 'high') -> ('device "pump-1" tag "flow"',
@@ -442,7 +446,7 @@ def _describe_location(doc: Any, loc: tuple) -> tuple[str, str, str]:
     # a tag's source is a union told apart by its connection key: pydantic puts
     # that tag ("opcua" / "modbus") in the location; it is not a key of the file.
     for i in range(len(loc) - 1):
-        if loc[i] == "source" and loc[i + 1] in ("opcua", "modbus") and i + 2 < len(loc):
+        if from_pydantic and loc[i] == "source" and loc[i + 1] in ("opcua", "modbus"):
             del loc[i + 1]
             break
     where = ""
@@ -494,12 +498,12 @@ def _cross_check(config: ServiceConfig) -> list[tuple[tuple, str]]:
     return problems
 
 
-def _raise_problems(doc: Any, source: str, problems: list[tuple[tuple, str]], applied: list[str]) -> None:
+def _raise_problems(doc: Any, source: str, problems: list[tuple[tuple, str]], applied: list[str], from_pydantic: bool = True) -> None:
     """One ConfigError naming the file, and per problem the device, tag and field."""
     overrides = f" (with environment overrides {', '.join(applied)})" if applied else ""
     lines = []
     for loc, message in problems:
-        device, field, where = _describe_location(doc, loc)
+        device, field, where = _describe_location(doc, loc, from_pydantic)
         subject = f"for {device}: " if device else ": "
         lines.append((subject, f"field {field}: {message}" if field else message, where))
     if len(lines) == 1:
@@ -528,7 +532,7 @@ def parse_config(doc: Any, source: str, environ: Mapping[str, str] | None = None
         _raise_problems(doc, source, problems, applied)
     problems = _cross_check(config)
     if problems:
-        _raise_problems(doc, source, problems, applied)
+        _raise_problems(doc, source, problems, applied, from_pydantic=False)
     return config
 
 

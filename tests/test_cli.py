@@ -12,6 +12,7 @@ COMMANDS = [
     [],
     ["worker"],
     ["simulate"],
+    ["connect"],
     ["demo"],
     ["bench"],
     ["kafka"],
@@ -52,18 +53,34 @@ def test_worker_refuses_a_missing_config(tmp_path):
 def test_bad_fault_schedule_is_explained():
     result = runner.invoke(app, ["simulate", "--fault", "pump-1-bearing", "--duration", "0"])
     assert result.exit_code == 2
-    assert "ASSET:TAG@START_S" in result.output
+    assert "ASSET:KIND@START_S" in result.output and "cavitation" in result.output
+
+
+def test_fault_that_does_not_fit_the_asset_is_explained():
+    result = runner.invoke(app, ["simulate", "--fault", "fan-1:cavitation@10", "--duration", "0"])
+    assert result.exit_code == 2
+    assert "fan-1" in result.output and "cavitation" in result.output
 
 
 def test_sample_config_checks_clean():
     result = runner.invoke(app, ["config", "check"])
-    assert result.exit_code == 0 and "valid; 3 assets, 13 tags" in result.output
+    assert result.exit_code == 0 and "valid; 3 assets, 27 tags" in result.output
 
 
-def test_simulate_fails_loudly_when_nothing_reaches_kafka(tmp_path):
-    from edgewatch.localkafka import free_port
+def test_connect_names_the_device_and_field_of_a_bad_source(tmp_path):
+    path = tmp_path / "plant.yaml"
+    path.write_text(
+        "connections:\n  modbus: [{id: gw-1, host: 127.0.0.1}]\n"
+        "assets:\n  - id: pump-3\n    tags:\n      - {id: bearing_temp, source: {modbus: gw-1, address: 7, type: real}}\n"
+    )
+    result = runner.invoke(app, ["connect", "--config", str(path)])
+    assert result.exit_code == 2
+    assert 'configuration invalid for device "pump-3" tag "bearing_temp": field source.type' in result.output
 
-    closed = f"127.0.0.1:{free_port()}"  # nothing listens there
-    result = runner.invoke(app, ["simulate", "--duration", "1"], env={"EDGEWATCH_KAFKA__BOOTSTRAP_SERVERS": closed})
-    assert result.exit_code == 1
-    assert f"not every batch reached Kafka at {closed}" in result.output
+
+def test_connect_refuses_a_plant_without_sources(tmp_path):
+    path = tmp_path / "plant.yaml"
+    path.write_text("assets:\n  - id: pump-3\n    tags:\n      - {id: bearing_temp}\n")
+    result = runner.invoke(app, ["connect", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "no tag in" in result.output and "has a source" in result.output

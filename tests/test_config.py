@@ -13,7 +13,9 @@ from tests.conftest import PLANT
 def test_sample_plant_config_is_valid():
     config = load_config(REPO / "config" / "plant.yaml", environ={})
     assert {a.id for a in config.assets} == {"pump-1", "fan-1", "compressor-1"}
-    assert config.asset("pump-1").tags[4].limits.high == 80
+    assert config.asset("pump-1").tags[5].limits.high == 80
+    assert [a.id for a, _ in config.sources("gw-1")] == ["fan-1"] * 7 + ["compressor-1"] * 9
+    assert len(config.sources("plc-1")) == 11
     assert config.kafka.topics.alerts == "edgewatch.alerts"
 
 

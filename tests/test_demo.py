@@ -1,4 +1,5 @@
-"""The README's first command: `edgewatch demo` streams a simulated plant through
+"""The README's first command: `edgewatch demo` serves a simulated plant over real
+OPC UA and Modbus servers, reads it with the real connectors, streams it through
 a real broker into a worker, shows an alert within the first minute, and on
 Ctrl-C stops everything it started."""
 
@@ -33,7 +34,7 @@ def leftover_processes() -> list[str]:
 
 def test_demo_raises_an_alert_within_a_minute_and_ctrl_c_stops_everything():
     demo = subprocess.Popen(
-        [sys.executable, "-m", "edgewatch", "demo", "--fault", "pump-1:bearing_temp@15"],
+        [sys.executable, "-m", "edgewatch", "demo", "--fault", "pump-1:cavitation@15"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -44,7 +45,7 @@ def test_demo_raises_an_alert_within_a_minute_and_ctrl_c_stops_everything():
     try:
         for line in demo.stdout:
             lines.append(line)
-            if line.startswith("ALERT active: pump-1 bearing_temp"):
+            if line.startswith("ALERT active: pump-1 suction_pressure"):
                 alert_after_s = time.monotonic() - started
                 break
             if time.monotonic() - started > 90:
@@ -59,7 +60,7 @@ def test_demo_raises_an_alert_within_a_minute_and_ctrl_c_stops_everything():
     output = "".join(lines) + rest
     assert alert_after_s is not None, output
     assert alert_after_s < 60, f"first alert after {alert_after_s:.0f} s\n{output}"
-    assert "above high limit 80 degC" in output
+    assert "below low limit 0.8 bar" in output
     assert demo.returncode == 0, output
     assert "Everything it started is stopped" in output
     assert leftover_processes() == []
