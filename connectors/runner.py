@@ -133,8 +133,8 @@ class ConnectorService:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)  # the batcher flushes on its way out
-            self._write_health()
             pending = await asyncio.to_thread(self.forwarder.stop, 10.0)
+            self._write_health()  # the last word: what was sent and what stays in the spool
             if pending:
                 log.warning("%d records not yet in Kafka stay in the spool %s; the next start sends them", pending, settings.spool_dir)
             self.spool.close()

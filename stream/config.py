@@ -353,7 +353,8 @@ class ConnectSettings(_Section):
     replay_after_s: float = Field(5.0, gt=0)
     #: samples of an asset collected this long go out as one reading batch.
     batch_interval_s: float = Field(0.5, gt=0, le=60)
-    max_batch_samples: int = Field(50_000, ge=1, le=1_000_000)
+    #: (22 bytes a sample: 20,000 stay well below Kafka's default 1 MiB message limit)
+    max_batch_samples: int = Field(20_000, ge=1, le=1_000_000)
     #: where the connector writes its health (JSON), every health_interval_s.
     health_file: str | None = ".edgewatch/connect/health.json"
     health_interval_s: float = Field(5.0, gt=0)
