@@ -537,6 +537,34 @@ def parse_config(doc: Any, source: str, environ: Mapping[str, str] | None = None
     return config
 
 
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_variables(text: str, environ: Mapping[str, str], source: str) -> str:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` with environment variables, so one
+    plant file serves several hosts (and passwords stay out of it). ``$${`` is a literal ``${``."""
+    missing = []
+
+    def value(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        line = text.count("\n", 0, match.start()) + 1
+        missing.append(f"{name} (line {line})")
+        return ""
+
+    escaped = text.replace("$${", "\0")
+    expanded = _VARIABLE.sub(value, escaped).replace("\0", "${")
+    if missing:
+        raise ConfigError(
+            f"configuration invalid in {source}: environment variable {', '.join(missing)} is not set; "
+            "set it, or give a default as ${NAME:-default}"
+        )
+    return expanded
+
+
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> ServiceConfig:
     """Read and validate the YAML file at ``path``. Raises ConfigError naming the file."""
     path = Path(path)
@@ -546,6 +574,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> S
         raise ConfigError(f"configuration file {path} does not exist (pass --config with the path of your plant file)") from None
     except OSError as exc:
         raise ConfigError(f"configuration file {path} cannot be read: {exc.strerror}") from None
+    environ = os.environ if environ is None else environ
+    text = expand_variables(text, environ, str(path))
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:

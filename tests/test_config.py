@@ -144,3 +144,23 @@ def test_bad_environment_override_is_named():
     with pytest.raises(ConfigError, match="EDGEWATCH_KAFKA__PARTITIONS") as err:
         parse_config(dict(PLANT), "plant.yaml", environ={"EDGEWATCH_KAFKA__PARTITIONS": "many"})
     assert "kafka.partitions" in str(err.value)
+
+
+def test_environment_variables_in_the_file(tmp_path):
+    path = write(
+        tmp_path,
+        """
+connections:
+  opcua: [{id: plc-1, endpoint: "opc.tcp://${PLANT_HOST:-127.0.0.1}:4840", username: op, password: "${PLC_PASSWORD}"}]
+assets:
+  - id: pump-3
+    tags: [{id: flow, description: "$${literal}", source: {opcua: plc-1, node_id: "ns=2;s=flow"}}]
+""",
+    )
+    config = load_config(path, environ={"PLC_PASSWORD": "s3cret"})
+    assert config.connections.opcua[0].endpoint == "opc.tcp://127.0.0.1:4840"
+    assert config.connections.opcua[0].password == "s3cret"
+    assert config.assets[0].tags[0].description == "${literal}"
+    assert load_config(path, environ={"PLANT_HOST": "simulator", "PLC_PASSWORD": "x"}).connections.opcua[0].endpoint == "opc.tcp://simulator:4840"
+    with pytest.raises(ConfigError, match=r"environment variable PLC_PASSWORD \(line 3\) is not set"):
+        load_config(path, environ={})

@@ -497,13 +497,29 @@ def test_edgewatch_services_share_one_image_tagged_with_the_version(services):
 
 
 def test_simulator_faults_name_configured_assets_and_tags(services, final):
-    from connectors.generator import Fault, PlantGenerator
+    from connectors.simulator.serve import SimulatedPlant
 
     _, params = parse_cli(container_argv(services["simulator"], final))
     _, config = container_config(services["simulator"], final)
-    faults = [Fault.parse(f) for f in params["fault"]]
-    assert faults, "the simulator injects no fault: the compose demo would never raise an alert"
-    PlantGenerator(config, faults=faults)  # raises for an unknown asset or tag
+    assert params["fault"], "the simulator injects no fault: the compose demo would never raise an alert"
+    SimulatedPlant(config, params["fault"], listen_host=params["listen_host"])  # raises for an unknown asset, kind or tag
+
+
+def test_connectors_reach_the_simulator_and_keep_their_spool(services, final):
+    from urllib.parse import urlparse
+
+    connect, simulator = services["connect"], services["simulator"]
+    _, config = container_config(connect, final)
+    hosts = {urlparse(c.endpoint).hostname for c in config.connections.opcua} | {c.host for c in config.connections.modbus}
+    assert hosts == {simulator.get("hostname", "simulator")}, f"the connectors would read {hosts}, not the simulator"
+    _, params = parse_cli(container_argv(simulator, final))
+    assert params["listen_host"] == "0.0.0.0", "the simulator listens on loopback only: other containers cannot reach it"
+    mounts = {target: source for source, target, _ in volume_mounts(connect)}
+    spool = config.connect.spool_dir
+    volume = next((t for t in mounts if spool == t or spool.startswith(t.rstrip("/") + "/")), None)
+    assert volume and not is_bind(mounts[volume]), f"the spool {spool} is not on a named volume: a re-created container would lose it"
+    assert Path(config.connect.health_file).parent.as_posix().startswith(volume)
+    assert "connect-health.json" in " ".join(command_list(connect["healthcheck"]["test"]))
 
 
 def test_topic_names_in_the_files_are_the_services_topics(compose_text, services, final):
