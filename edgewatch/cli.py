@@ -155,6 +155,21 @@ def bench(
     run_bench(samples, batch_size, latency_rate, latency_seconds, output, bootstrap, console)
 
 
+@app.command("bench-connectors")
+@user_errors
+def bench_connectors(
+    items: int = typer.Option(10_000, help="OPC UA monitored items, changing at 1 Hz."),
+    devices: int = typer.Option(100, help="Modbus TCP devices, polled at 1 Hz."),
+    registers: int = typer.Option(50, help="Holding registers per Modbus device."),
+    seconds: float = typer.Option(30.0, help="Length of each run."),
+    output: Path = typer.Option(REPO / "BENCHMARKS.md", help="Where the figures are written (a section is replaced)."),
+) -> None:
+    """Connector benchmark: OPC UA monitored items and Modbus devices read by one process."""
+    from edgewatch.bench_connectors import run_connector_bench
+
+    run_connector_bench(items, devices, registers, seconds, output, console)
+
+
 # ----------------------------------------------------------------------------- kafka
 
 DataDirOption = typer.Option(DEFAULT_KAFKA_DIR, "--data-dir", help="Broker storage, config, log and pid file.")

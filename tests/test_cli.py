@@ -15,6 +15,7 @@ COMMANDS = [
     ["connect"],
     ["demo"],
     ["bench"],
+    ["bench-connectors"],
     ["kafka"],
     ["kafka", "fetch"],
     ["kafka", "start"],
