@@ -158,6 +158,11 @@ class LocalKafka:
             pid = int(self.pid_file.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
+        process = getattr(self, "_process", None)
+        if process is not None and process.pid == pid:
+            # our own child: between fork and exec its cmdline is still Python's,
+            # so the cmdline check below would call a starting broker "stopped"
+            return pid if process.poll() is None else None
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
