@@ -68,7 +68,7 @@ class ConnectorService:
                 if not tags:
                     log.warning("%s connection %s: no tag names it as its source; not connecting", kind, connection.id)
                     continue
-                self._pending_connectors.append((factory, connection, tags))
+                self._pending_connectors.append((kind, factory, connection, tags))
         if not self._pending_connectors:
             raise ConfigError(
                 f"no tag in {self.source} has a source to read: give tags a source "
@@ -111,7 +111,10 @@ class ConnectorService:
         )
         self.sink = SpoolingSink(self.spool, self.config.kafka.topics, settings.batch_interval_s, settings.max_batch_samples)
         self.forwarder = SpoolForwarder(self.spool, producer_config(self.config), replay_after_s=settings.replay_after_s)
-        self.connectors = [factory(connection, tags, self.sink) for factory, connection, tags in self._pending_connectors]
+        self.connectors = [
+            factory(connection, tags, self.sink, **({"config_path": self.source} if kind == "opcua" else {}))
+            for kind, factory, connection, tags in self._pending_connectors
+        ]
         if self.spool.pending_records:
             log.info("spool %s holds %d records from before; they go out first, marked replayed", settings.spool_dir, self.spool.pending_records)
         self.forwarder.start()

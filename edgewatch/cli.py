@@ -27,6 +27,8 @@ app = typer.Typer(
 kafka_app = typer.Typer(help="A local Apache Kafka broker (KRaft, from Maven Central) for development, the demo and tests.", no_args_is_help=True)
 topics_app = typer.Typer(help="The service's Kafka topics.", no_args_is_help=True)
 config_app = typer.Typer(help="The service configuration file.", no_args_is_help=True)
+opcua_app = typer.Typer(help="OPC UA security: this connector's certificate and the servers it trusts.", no_args_is_help=True)
+app.add_typer(opcua_app, name="opcua")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
 app.add_typer(config_app, name="config")
@@ -213,6 +215,69 @@ def kafka_status(data_dir: Path = DataDirOption, port: int = PortOption) -> None
     else:
         console.print(f"Kafka is not running (data dir {status['data_dir']})")
         raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- opcua
+
+ConnectionOption = typer.Option(..., "--connection", help="The id of an entry under connections.opcua.")
+
+
+def _opcua_connection(cfg, connection_id: str):
+    for connection in cfg.connections.opcua:
+        if connection.id == connection_id:
+            return connection
+    known = ", ".join(c.id for c in cfg.connections.opcua) or "none"
+    raise ConfigError(f"no OPC UA connection {connection_id!r} in the configuration (connections.opcua: {known})")
+
+
+@opcua_app.command("certificate")
+@user_errors
+def opcua_certificate(
+    config: Path = ConfigOption,
+    connection: str = ConnectionOption,
+    force: bool = typer.Option(False, "--force", help="Replace an existing certificate and key."),
+) -> None:
+    """Create this connector's application instance certificate and key, where the connection's security section says."""
+    from connectors.opcua.security import create_certificate, describe_certificate, thumbprint_sha1
+
+    cfg = load_config(config)
+    conn = _opcua_connection(cfg, connection)
+    security = conn.security
+    if not (security.certificate and security.private_key):
+        raise ConfigError(f"connection {connection} has no security.certificate / security.private_key paths: set them (and policy, mode, trust_dir) first")
+    cert, key = Path(security.certificate), Path(security.private_key)
+    if (cert.exists() or key.exists()) and not force:
+        raise ConfigError(f"{cert} or {key} exists already; pass --force to replace them (servers that trusted the old certificate must trust the new one)")
+    import os
+
+    password = os.environ.get(security.private_key_password_env) if security.private_key_password_env else None
+    create_certificate(cert, key, conn.application_uri, key_password=password)
+    der = cert.read_bytes()
+    console.print(f"created {cert} and {key} for {conn.application_uri}")
+    console.print(f"{describe_certificate(der)}; thumbprint sha1 {thumbprint_sha1(der)}")
+    console.print("next: make the server trust this certificate (copy it into the server's trusted folder), then `edgewatch opcua trust`")
+
+
+@opcua_app.command("trust")
+@user_errors
+def opcua_trust(config: Path = ConfigOption, connection: str = ConnectionOption) -> None:
+    """Fetch the server's certificate and add it to the connection's trust_dir (compare the thumbprint with the server's)."""
+    import asyncio
+
+    from connectors.opcua.security import describe_certificate, fetch_server_certificate, thumbprint_sha1, trust_server_certificate
+
+    cfg = load_config(config)
+    conn = _opcua_connection(cfg, connection)
+    security = conn.security
+    if security.policy == "None" or not security.trust_dir:
+        raise ConfigError(f"connection {connection} uses security policy None: there is no server certificate to trust (set security.policy, mode and trust_dir)")
+    try:
+        der = asyncio.run(fetch_server_certificate(conn.endpoint, security.policy, security.mode, timeout_s=conn.timeout_s))
+    except OSError as exc:
+        raise ConfigError(f"cannot reach OPC UA server {connection} at {conn.endpoint}: {exc}") from None
+    path = trust_server_certificate(der, security.trust_dir)
+    console.print(f"trusted the certificate of {connection} ({conn.endpoint}): {describe_certificate(der)}")
+    console.print(f"thumbprint sha1 {thumbprint_sha1(der)}; saved as {path}")
 
 
 # ----------------------------------------------------------------------------- topics and config
