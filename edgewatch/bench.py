@@ -47,10 +47,9 @@ TAGS_PER_ASSET = 20
 HIGH_LIMIT = 100.0
 NORMAL = 50.0
 LOG_APPEND = {"message.timestamp.type": "LogAppendTime"}
-SECTION = re.compile(r"<!-- bench:e2e:start -->.*?<!-- bench:e2e:end -->", re.S)
 
 
-def machine_description() -> str:
+def machine_description(kafka: bool = True) -> str:
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -64,7 +63,8 @@ def machine_description() -> str:
         mem = f"{mem_kb / 1024**2:.0f} GiB"
     except (OSError, AttributeError):
         mem = "? GiB"
-    return f"{cpu}, {os.cpu_count()} cores, {mem} RAM; Linux {platform.release()}; Python {platform.python_version()}; Apache Kafka {kafka_version()} (local, KRaft)"
+    broker = f"; Apache Kafka {kafka_version()} (local, KRaft)" if kafka else ""
+    return f"{cpu}, {os.cpu_count()} cores, {mem} RAM; Linux {platform.release()}; Python {platform.python_version()}{broker}"
 
 
 def _write_config(workdir: Path, name: str, bootstrap: str, prefix: str) -> Path:
@@ -345,27 +345,35 @@ def _report(r: dict, console: Console, output: Path) -> None:
             "target p99 <= 5 ms",
         ),
     ]
-    table = Table(title="edgewatch bench")
+    print_rows("edgewatch bench", rows, console)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"Measured {when} with `edgewatch bench` on: {machine_description()}.",
+        f"{r['messages']:,} reading batches of {r['batch_size']} samples ({r['samples']:,} samples), "
+        f"{ASSETS} assets x {TAGS_PER_ASSET} tags, one partition, one worker process; broker, producer, "
+        "worker and consumers share the machine.",
+    ]
+    replace_section(output, "e2e", lines, rows, heading="## End to end (`edgewatch bench`)\n")
+    console.print(f"figures written to {output}")
+
+
+def print_rows(title: str, rows: list[tuple[str, str, str, str]], console: Console) -> None:
+    table = Table(title=title)
     for column in ("measure", "value", "", "target"):
         table.add_column(column)
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        "<!-- bench:e2e:start -->",
-        f"Measured {when} with `edgewatch bench` on: {machine_description()}.",
-        f"{r['messages']:,} reading batches of {r['batch_size']} samples ({r['samples']:,} samples), "
-        f"{ASSETS} assets x {TAGS_PER_ASSET} tags, one partition, one worker process; broker, producer, "
-        "worker and consumers share the machine.",
-        "",
-        "| measure | value | | target |",
-        "| --- | --- | --- | --- |",
-        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
-        "<!-- bench:e2e:end -->",
-    ]
-    section = "\n".join(lines)
-    text = output.read_text() if output.exists() else "# Benchmarks\n\n## End to end (`edgewatch bench`)\n\n<!-- bench:e2e:start -->\n<!-- bench:e2e:end -->\n"
-    text = SECTION.sub(lambda _: section, text) if SECTION.search(text) else text + "\n" + section + "\n"
+
+
+def replace_section(output: Path, name: str, lines: list[str], rows: list[tuple[str, str, str, str]], heading: str) -> None:
+    """Put the figures between ``<!-- bench:NAME:start/end -->`` in ``output``, replacing
+    what a previous run wrote there; a first run appends ``heading`` and the section."""
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    section = "\n".join(
+        [start, *lines, "", "| measure | value | | target |", "| --- | --- | --- | --- |", *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows), end]
+    )
+    text = output.read_text() if output.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + heading + "\n" + section + "\n"
     output.write_text(text)
-    console.print(f"figures written to {output}")

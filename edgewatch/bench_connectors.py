@@ -15,17 +15,12 @@ The figures go to the ``bench:connectors`` section of BENCHMARKS.md.
 from __future__ import annotations
 
 import asyncio
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from edgewatch.bench import machine_description
-
-SECTION = re.compile(r"<!-- bench:connectors:start -->.*?<!-- bench:connectors:end -->", re.S)
-
+from edgewatch.bench import machine_description, print_rows, replace_section
 
 def run_connector_bench(items: int, devices: int, registers: int, seconds: float, output: Path, console: Console) -> dict:
     from connectors.modbus.bench import bench_modbus
@@ -64,34 +59,18 @@ def _report(opcua: dict, modbus: dict, console: Console, output: Path) -> None:
         ("  poll round trip", f"p50 {modbus['poll_latency_p50_ms']} ms", f"p99 {modbus['poll_latency_p99_ms']} ms", ""),
         ("  connector CPU", f"{modbus['connector_cpu_s_per_s']:.3f} core", "", ""),
     ]
-    table = Table(title="edgewatch bench-connectors")
-    for column in ("measure", "value", "", "target"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    print_rows("edgewatch bench-connectors", rows, console)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        "<!-- bench:connectors:start -->",
-        f"Measured {when} with `edgewatch bench-connectors` on: {machine_description()}.",
+        f"Measured {when} with `edgewatch bench-connectors` on: {machine_description(kafka=False)}.",
         f"{opcua['seconds']:.0f} s per protocol; simulated servers in a child process on the same machine.",
-        "",
-        "| measure | value | | target |",
-        "| --- | --- | --- | --- |",
-        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
-        "<!-- bench:connectors:end -->",
     ]
-    section = "\n".join(lines)
-    text = output.read_text() if output.exists() else "# Benchmarks\n"
-    if SECTION.search(text):
-        text = SECTION.sub(lambda _: section, text)
-    else:
-        text += (
-            "\n## Connectors (`edgewatch bench-connectors`)\n\n"
-            "Reproduce: `scripts/bootstrap.sh && .venv/bin/edgewatch bench-connectors` (no Kafka; about 2 minutes).\n"
-            "One connector process reads simulated servers that run in a child process; received samples are\n"
-            "counted in the connector (no Kafka in the path; the spool and forwarder costs are in the\n"
-            "end-to-end section and in `tests/test_spool.py`).\n\n" + section + "\n"
-        )
-    output.write_text(text)
+    heading = (
+        "## Connectors (`edgewatch bench-connectors`)\n\n"
+        "Reproduce: `scripts/bootstrap.sh && .venv/bin/edgewatch bench-connectors` (no Kafka; about 2 minutes).\n"
+        "One connector process reads simulated servers that run in a child process; received samples are\n"
+        "counted in the connector (no Kafka in the path; the spool's cost is measured by `tests/test_spool.py`\n"
+        "and the broker-outage behaviour by `tests/test_connect_outage.py`).\n"
+    )
+    replace_section(output, "connectors", lines, rows, heading)
     console.print(f"figures written to {output}")
