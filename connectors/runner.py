@@ -149,9 +149,8 @@ class ConnectorService:
             await asyncio.sleep(settings.health_interval_s)
             records, _bytes = self.spool.take_drop_report()
             if records:
-                self.sink.put_event(
-                    ConnectorEvent("spool_dropped", "spool", settings.spool_dir, now_us(), detail="spool full: oldest records dropped", count=records)
-                )
+                detail = "spool full: the oldest records were dropped (or damaged records skipped; see the connector log)"
+                self.sink.put_event(ConnectorEvent("spool_dropped", "spool", settings.spool_dir, now_us(), detail=detail, count=records))
             self._write_health()
 
     def _write_health(self) -> None:
