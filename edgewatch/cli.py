@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -248,8 +249,6 @@ def opcua_certificate(
     cert, key = Path(security.certificate), Path(security.private_key)
     if (cert.exists() or key.exists()) and not force:
         raise ConfigError(f"{cert} or {key} exists already; pass --force to replace them (servers that trusted the old certificate must trust the new one)")
-    import os
-
     password = os.environ.get(security.private_key_password_env) if security.private_key_password_env else None
     create_certificate(cert, key, conn.application_uri, key_password=password)
     der = cert.read_bytes()

@@ -13,11 +13,11 @@ import yaml
 from typer.testing import CliRunner
 
 from connectors.base import CollectingSink
-from connectors.opcua.client import OpcUaConnector
 from edgewatch.cli import app
 from edgewatch.localkafka import free_port
 from edgewatch.processes import Child, edgewatch_command
 from stream.config import load_config
+from tests.opcua_helpers import Running
 
 runner = CliRunner()
 
@@ -86,13 +86,10 @@ def test_certificate_then_trust_then_an_encrypted_session(tmp_path):
         wait_for_port(port, simulator)
 
         async def read(seconds: float) -> CollectingSink:
-            sink = CollectingSink()
-            connector = OpcUaConnector(config.connections.opcua[0], config.sources("plc-7"), sink, config_path=str(plant))
-            task = asyncio.create_task(connector.run())
+            running = Running(config.connections.opcua[0], config.sources("plc-7"), config_path=str(plant))
             await asyncio.sleep(seconds)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            return sink
+            await running.stop()
+            return running.sink
 
         # not trusted yet: refused, no value read
         refused = asyncio.run(read(3))

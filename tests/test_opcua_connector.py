@@ -12,15 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 
 import pytest
 import pytest_asyncio
 from asyncua import ua
 
 from connectors.base import BAD_COMMUNICATION_ERROR, BAD_DECODING_ERROR, BAD_NO_COMMUNICATION, CollectingSink, now_us
-from connectors.opcua.client import NotificationBuffer, OpcUaConnector
+from connectors.opcua.client import NotificationBuffer
 from connectors.opcua.simserver import SimOpcUaServer
+from tests.opcua_helpers import Running, wait_for
 from edgewatch.localkafka import free_port
 from stream.config import parse_config
 
@@ -66,33 +66,12 @@ def plant(port: int, extra_assets: list | None = None, **connection) -> tuple:
     return config, config.connections.opcua[0]
 
 
-async def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def values_since(sink: CollectingSink, asset: str, tag: str, since_us: int) -> list:
     return [s for s in sink.of(asset, tag) if s.ts_us >= since_us]
 
 
-class Running:
-    """A connector task and its sink."""
-
-    def __init__(self, connection, tags, **kwargs) -> None:
-        self.sink = CollectingSink()
-        self.connector = OpcUaConnector(connection, tags, self.sink, **kwargs)
-        self.task = asyncio.create_task(self.connector.run())
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        try:
-            await self.task
-        except asyncio.CancelledError:
-            pass
-        assert self.task.cancelled(), "run() ended on its own"
 
 
 class LogRecorder(logging.Handler):

@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import time
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from connectors.base import CollectingSink, now_us
-from connectors.opcua.client import OpcUaConnector
+from connectors.base import now_us
 from connectors.opcua.security import (
     check_trusted,
     create_certificate,
@@ -27,6 +25,7 @@ from connectors.opcua.security import (
     trust_server_certificate,
 )
 from connectors.opcua.simserver import SimOpcUaServer
+from tests.opcua_helpers import Running, wait_for
 from edgewatch.localkafka import REPO, free_port
 from stream.config import load_config, parse_config
 
@@ -124,26 +123,8 @@ async def server(pki):
     await sim.stop()
 
 
-async def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
-class Running:
-    def __init__(self, connection, tags, **kwargs) -> None:
-        self.sink = CollectingSink()
-        self.connector = OpcUaConnector(connection, tags, self.sink, **kwargs)
-        self.task = asyncio.create_task(self.connector.run())
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        try:
-            await self.task
-        except asyncio.CancelledError:
-            pass
 
 
 def port_of(server: SimOpcUaServer) -> int:
