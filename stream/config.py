@@ -72,17 +72,26 @@ class WorkerSettings(_Section):
 
 
 class Limits(_Section):
-    """Static limits of one tag, in the tag's unit. A limit left out is not checked."""
+    """Static limits of one tag, in the tag's unit. A limit left out is not checked.
 
+    H and L are the warning pair, HH and LL the critical pair (ISA-18.2 style);
+    each limit raises its own alert, so a value passing H then HH raises two.
+    """
+
+    low_low: float | None = None
     low: float | None = None
     high: float | None = None
+    high_high: float | None = None
     #: an alert clears only once the value is back inside the limit by this much (ISA-18.2 deadband).
     deadband: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> "Limits":
-        if self.low is not None and self.high is not None and not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        given = [(name, getattr(self, name)) for name in ("low_low", "low", "high", "high_high")]
+        given = [(name, value) for name, value in given if value is not None]
+        for (name_a, a), (name_b, b) in zip(given, given[1:]):
+            if not a < b:
+                raise ValueError(f"{name_a} ({a}) must be below {name_b} ({b}): limits go low_low < low < high < high_high")
         return self
 
 
@@ -210,6 +219,13 @@ class TagConfig(_Section):
     #: the range seen in normal operation, shown to operators next to a value.
     normal_range: tuple[float, float] | None = None
     limits: Limits = Limits()
+    #: fast rule: the largest change per second that is still plausible (a faster one
+    #: means a broken sensor, a burst pipe or a trip); unset: not checked.
+    max_rate_per_s: float | None = Field(None, gt=0)
+    #: fast rule: a value that stays within flatline_tolerance for this long is stuck
+    #: (frozen transmitter, dead PLC input); unset: not checked.
+    flatline_after_s: float | None = Field(None, gt=0)
+    flatline_tolerance: float = Field(0.0, ge=0)
     #: where the connectors read the tag; a tag without one is published by other means.
     source: TagSource | None = None
 
@@ -238,8 +254,166 @@ class LimitRuleSettings(_Section):
     enabled: bool = True
 
 
+class RuleSwitch(_Section):
+    enabled: bool = True
+
+
+class BadQualityRuleSettings(_Section):
+    enabled: bool = True
+    #: a tag must read Bad (or Uncertain) this long, in event time, before it alerts;
+    #: 0 alerts at the first Bad sample.
+    after_s: float = Field(0.0, ge=0)
+
+
 class RuleSettings(_Section):
+    """The fast rule path: judged sample by sample, evidence at once (not at window close)."""
+
     limits: LimitRuleSettings = LimitRuleSettings()
+    #: per tag: max_rate_per_s
+    rate_of_change: RuleSwitch = RuleSwitch()
+    #: per tag: flatline_after_s, flatline_tolerance
+    flatline: RuleSwitch = RuleSwitch()
+    bad_quality: BadQualityRuleSettings = BadQualityRuleSettings()
+
+
+_DURATION = re.compile(r"^([1-9][0-9]*)(ms|s|m|h)$")
+_DURATION_US = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000}
+
+
+def duration_us(text: str) -> int:
+    """'500ms', '10s', '1m', '2h' -> microseconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration: write e.g. 500ms, 1s, 10s, 1m or 2h")
+    return int(match.group(1)) * _DURATION_US[match.group(2)]
+
+
+class WindowScale(_Section):
+    """One window scale: event-time windows of ``length``, starting every ``hop``.
+
+    Windows are aligned to the epoch (a 10s window starts at :00, :10, ...), so
+    replaying last week's data gives the same windows as live did.
+    """
+
+    #: e.g. 1s, 10s, 1m
+    length: str
+    #: unset: tumbling (hop = length); shorter than length: hopping (overlapping) windows.
+    hop: str | None = None
+
+    @field_validator("length", "hop")
+    @classmethod
+    def _duration(cls, value):
+        if value is not None:
+            duration_us(value)
+        return value
+
+    @model_validator(mode="after")
+    def _hop_divides(self) -> "WindowScale":
+        if self.hop is not None:
+            length, hop = duration_us(self.length), duration_us(self.hop)
+            if hop > length or length % hop:
+                raise ValueError(f"hop {self.hop} must divide length {self.length} (e.g. length 1m, hop 10s)")
+        return self
+
+    @property
+    def name(self) -> str:
+        """What messages call the scale: the length, plus '/hop' for hopping windows."""
+        return self.length if self.hop in (None, self.length) else f"{self.length}/{self.hop}"
+
+    @property
+    def length_us(self) -> int:
+        return duration_us(self.length)
+
+    @property
+    def hop_us(self) -> int:
+        return duration_us(self.hop or self.length)
+
+
+class WindowSettings(_Section):
+    """Event-time windows per asset and tag (stream/windows.py states the rules)."""
+
+    scales: list[WindowScale] = Field(
+        default_factory=lambda: [WindowScale(length="1s"), WindowScale(length="10s"), WindowScale(length="1m")], min_length=1
+    )
+    #: how long past a window's end samples for it are still accepted: the watermark is
+    #: the latest event time seen minus this. Later samples are counted as late and left out.
+    grace: str = "2s"
+
+    @field_validator("grace")
+    @classmethod
+    def _grace(cls, value):
+        duration_us(value)
+        return value
+
+    @field_validator("scales")
+    @classmethod
+    def _unique_scales(cls, scales):
+        names = [s.name for s in scales]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"window scale {name} appears twice")
+        return scales
+
+
+FeatureName = Literal["mean", "std", "min", "max", "rms", "ptp", "skew", "kurtosis", "crest", "slope", "autocorr", "fft"]
+
+
+class FeatureSettings(_Section):
+    """What is computed per window and tag (stream/features.py defines each)."""
+
+    #: every window carries count, mean, std, min and max; these are the rest ("fft" = the bands).
+    names: list[FeatureName] = ["mean", "std", "min", "max", "rms", "ptp", "skew", "kurtosis", "crest", "slope", "autocorr", "fft"]
+    #: autocorrelation at this many samples of lag.
+    autocorr_lag: int = Field(1, ge=1, le=1000)
+    #: FFT magnitude bands, equal slices of 0..Nyquist of each window's own sampling.
+    fft_bands: int = Field(4, ge=1, le=64)
+
+
+class IsolationForestSettings(_Section):
+    enabled: bool = True
+    n_estimators: int = Field(200, ge=10, le=5000)
+    #: windows sampled per tree (scikit-learn's max_samples).
+    max_samples: int = Field(256, ge=16)
+
+
+class LstmAutoencoderSettings(_Section):
+    enabled: bool = True
+    #: auto: CUDA when torch sees a GPU, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: the window scale whose feature vectors form the sequences.
+    scale: str = "1s"
+    #: windows per sequence (with scale 1s: the last 16 seconds).
+    sequence_length: int = Field(16, ge=2, le=1024)
+    hidden_size: int = Field(32, ge=4, le=1024)
+    epochs: int = Field(30, ge=1, le=10_000)
+    #: sequences per forward pass; the worker gathers them across assets.
+    micro_batch: int = Field(1024, ge=1, le=65_536)
+
+
+class HalfSpaceTreesSettings(_Section):
+    enabled: bool = True
+    n_trees: int = Field(25, ge=1, le=1000)
+    height: int = Field(8, ge=2, le=20)
+    #: windows per reference mass update (river's window_size).
+    window_size: int = Field(100, ge=10)
+    #: windows learned before its scores count (its first minutes on a new asset).
+    warmup_windows: int = Field(60, ge=1)
+
+
+class DetectorSettings(_Section):
+    """The anomaly detectors over window features (detectors/)."""
+
+    #: where `edgewatch train` writes model versions and the worker loads them from.
+    registry_dir: str = ".edgewatch/models"
+    #: the calibrated threshold: the share of normal windows expected to score as anomalous.
+    false_alarm_rate: float = Field(0.001, gt=0, lt=0.5)
+    #: tags listed with every score, largest contribution first.
+    top_tags: int = Field(3, ge=1, le=10)
+    #: scales the detectors score (names as in windows.scales); default: all.
+    scales: list[str] | None = None
+    isolation_forest: IsolationForestSettings = IsolationForestSettings()
+    lstm_autoencoder: LstmAutoencoderSettings = LstmAutoencoderSettings()
+    halfspace_trees: HalfSpaceTreesSettings = HalfSpaceTreesSettings()
 
 
 class OpcUaSecurity(_Section):
@@ -381,6 +555,9 @@ class ServiceConfig(_Section):
     kafka: KafkaSettings = KafkaSettings()
     worker: WorkerSettings = WorkerSettings()
     rules: RuleSettings = RuleSettings()
+    windows: WindowSettings = WindowSettings()
+    features: FeatureSettings = FeatureSettings()
+    detectors: DetectorSettings = DetectorSettings()
     connections: Connections = Connections()
     connect: ConnectSettings = ConnectSettings()
     simulator: SimulatorSettings = SimulatorSettings()
@@ -390,6 +567,22 @@ class ServiceConfig(_Section):
     @classmethod
     def _unique_assets(cls, assets: list[AssetConfig]) -> list[AssetConfig]:
         return _unique_ids(assets, "asset")
+
+    @model_validator(mode="after")
+    def _detector_scales_exist(self) -> "ServiceConfig":
+        names = [scale.name for scale in self.windows.scales]
+        for name in (self.detectors.scales or []):
+            if name not in names:
+                raise ValueError(f"detectors.scales names {name!r}, which is not in windows.scales ({', '.join(names)})")
+        lstm = self.detectors.lstm_autoencoder
+        if lstm.enabled and lstm.scale not in names:
+            raise ValueError(f"detectors.lstm_autoencoder.scale is {lstm.scale!r}, which is not in windows.scales ({', '.join(names)})")
+        return self
+
+    @property
+    def detector_scales(self) -> list[WindowScale]:
+        wanted = self.detectors.scales
+        return [s for s in self.windows.scales if wanted is None or s.name in wanted]
 
     def sources(self, connection_id: str) -> list[tuple[AssetConfig, TagConfig]]:
         """The (asset, tag) pairs read through one connection, in file order."""
