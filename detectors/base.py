@@ -60,6 +60,11 @@ class Detector(ABC):
     def learn(self, X: np.ndarray) -> None:
         """Update the model with new rows. Batch models do nothing (learns_online is False)."""
 
+    def score_and_contributions(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``score(X)`` and ``contributions(X)`` together. Detectors that get both from one
+        pass (one scaling, one forward pass) override this; callers that need both use it."""
+        return self.score(X), self.contributions(X)
+
     @abstractmethod
     def save(self, path: Path) -> None:
         """Write the fitted detector to one file at ``path``."""

@@ -2,7 +2,8 @@
 
 ``Pipeline.process`` is called by every driver: the faust worker (stream.worker)
 for live data, and later the offline backtest. Today it decodes, validates and
-runs the static limit rule; the windows, detectors, fusion and alarms of later
+runs the fast rules (stream.rules: limits, rate of change, flatline, bad
+quality); the windows, detectors, fusion and alarms of later
 stages plug into ``AssetPipeline``.
 
 State that must survive a restart (which alerts are active) is read from a
@@ -23,9 +24,9 @@ from typing import Mapping, MutableMapping
 
 from stream import alerts
 from stream.config import AssetConfig, ServiceConfig
-from stream.rules import LimitRule
+from stream.rules import FastRules
 from stream.validation import InvalidBatch, validate_batch
-from stream.wire import SCHEMA_VERSION, ReadingBatch, WireError, decode_reading_batch, is_good, utc_iso
+from stream.wire import SCHEMA_VERSION, ReadingBatch, WireError, decode_reading_batch, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +77,24 @@ class AssetPipeline:
     def __init__(self, asset: AssetConfig, config: ServiceConfig):
         self.asset = asset
         self.tag_position = {tag.id: i for i, tag in enumerate(asset.tags)}
-        self.limits = LimitRule(asset) if config.rules.limits.enabled else None
+        self.rules = FastRules(asset, config.rules)
 
     def process(self, batch: ReadingBatch, tag_position, state: dict, source: Source | None) -> tuple[list[dict], dict]:
         """Run the rules over a validated batch. Returns (alert messages, new state)."""
         out: list[dict] = []
-        if self.limits is not None:
-            limit_state = state.get("limits", {})
-            crossings, new_limit_state = self.limits.evaluate(
-                tag_position, batch.ts_us, batch.value, is_good(batch.quality), limit_state
-            )
-            if crossings:
-                where = source.as_dict() if source else None
-                out.extend(alerts.limit_alert(self.asset, c, replayed=batch.replayed, source=where) for c in crossings)
-            if new_limit_state is not limit_state:
-                state = {**state, "limits": new_limit_state}
+        # Fast rules: evidence at once, sample by sample. Their state lives under
+        # "rules"; a worker upgraded in place finds the limit state it kept before
+        # under "limits" and carries it over, so active alerts stay active and
+        # clear with their ids (the old key goes at the first change).
+        rule_state = state.get("rules")
+        if rule_state is None:
+            rule_state = {"limit": state["limits"]} if state.get("limits") else {}
+        events, new_rule_state = self.rules.evaluate(tag_position, batch.ts_us, batch.value, batch.quality, rule_state)
+        if events:
+            where = source.as_dict() if source else None
+            out.extend(alerts.rule_alert(self.asset, e, replayed=batch.replayed, source=where) for e in events)
+        if new_rule_state is not rule_state:
+            state = {**{k: v for k, v in state.items() if k != "limits"}, "rules": new_rule_state}
         return out, state
 
 
