@@ -46,7 +46,7 @@ import numpy as np
 
 _FORMAT = "edgewatch.tail_calibrator"
 _VERSION = 1
-#: scores kept by ``update`` (and from ``fit``), the most recent first to go.
+#: recent scores kept for ``update`` (the last of ``fit``'s too); the oldest go first.
 DEFAULT_CAPACITY = 2000
 #: the calibration curve keeps at most this many points; the top half is kept exact.
 DEFAULT_MAX_KNOTS = 1024

@@ -63,11 +63,10 @@ class IsolationForestDetector(Detector):
     def fit(self, X: np.ndarray, feature_names: Sequence[str], seed: int = 0) -> "IsolationForestDetector":
         from sklearn.ensemble import IsolationForest
 
-        self.feature_names = None  # a refit may change the feature list
-        X = self._check_matrix(X)
+        X = np.asarray(X, dtype=np.float64)
         names = list(feature_names)
-        if X.shape[1] != len(names):
-            raise DetectorError(f"isolation_forest: {len(names)} feature names for a matrix of {X.shape[1]} columns")
+        if X.ndim != 2 or X.shape[1] != len(names):
+            raise DetectorError(f"isolation_forest: {len(names)} feature names for a matrix of shape {X.shape}: pass windows x features")
         if X.shape[0] < 2:
             raise DetectorError(f"isolation_forest: needs at least 2 training windows, got {X.shape[0]}: collect more history")
         scaler = RobustScaler().fit(X)
@@ -82,6 +81,7 @@ class IsolationForestDetector(Detector):
         return self
 
     def score(self, X: np.ndarray) -> np.ndarray:
+        """2 ** (-mean path length / c(max_samples)) per window: in (0, 1], higher = more anomalous."""
         return self._trees.score(self._scaled(X))
 
     def contributions(self, X: np.ndarray) -> np.ndarray:

@@ -89,10 +89,33 @@ Global torch flags (deterministic algorithms, cuDNN/cuBLAS TF32) are switched fo
 the duration of our calls and restored after: do not run other torch work on
 other threads of the same process while ``fit`` or ``score`` runs if those flags
 matter to it.
+
+Host memory and transfers
+-------------------------
+Scoring is bounded by host memory traffic long before the GPU (or even one CPU
+core) runs out of arithmetic, so the data is moved as little as possible:
+
+* histories (``score``, ``score_histories``) go to the device as rows, each row
+  once, and are scaled there once; sequences are gathered on the device by index
+  (as ``fit`` does), a micro-batch at a time. A history of n rows moves n x d
+  float64 values instead of n x ``sequence_length`` x d.
+* ``score_sequences`` reads the caller's array in place, whatever its layout. On
+  the CPU it is scaled block by block through a small buffer that stays in cache;
+  on CUDA each block is copied into one of two reusable page-locked (pinned)
+  buffers of 16 MiB and sent asynchronously while the next is filled.
+* on the CPU, the float32 model input and a few smaller work tensors are kept
+  between calls (about ``micro_batch x sequence_length x d x 4`` bytes: 11.5 MB
+  at 1024 x 16 x 176), because allocating that much afresh for every
+  micro-batch costs more in page faults than the scaling itself.
+
+These buffers make a detector object unsafe to score from two threads at once
+(use one detector per thread). None of this changes a result: on the CPU every
+path hands the model the same float32 tensor for the same sequences, bit for bit.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from contextlib import contextmanager
@@ -122,6 +145,13 @@ CLIP_SCALED = 1000.0
 MAD_TO_SIGMA = 1.4826
 #: gradient norm cap: an LSTM's gradients can explode on a few odd sequences.
 MAX_GRAD_NORM = 1.0
+#: CPU scoring scales the input in blocks of about this many float64 values
+#: (2 MiB: stays in cache, so the input is read once and never copied whole).
+HOST_BLOCK_VALUES = 1 << 18
+#: CUDA: each of the two pinned staging buffers holds this many float64 values (16 MiB).
+STAGING_VALUES = 1 << 21
+#: CUDA: sequences whose rows go up and results come back together (rounded to micro_batch).
+CUDA_SEGMENT_SEQUENCES = 1 << 16
 
 FILE_FORMAT = "edgewatch.lstm_autoencoder"
 FILE_VERSION = 1
@@ -357,6 +387,11 @@ class LstmAutoencoderDetector(Detector):
         self.history: list[float] = []
         self.seed: int | None = None
         self._scaler_cache: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
+        #: CPU work tensors reused between scoring calls (see _host_buffer).
+        self._buffers: dict[str, torch.Tensor] = {}
+        #: CUDA: two [pinned host buffer, event] slots used in turn by _upload.
+        self._staging: list[list] = []
+        self._staging_next = 0
 
     # -- training ----------------------------------------------------------------------
 
@@ -432,6 +467,23 @@ class LstmAutoencoderDetector(Detector):
         self.model = model
 
     # -- scoring -----------------------------------------------------------------------
+    #
+    # Three entry points, one model call (``_forward_scaled``) per micro-batch:
+    #
+    # * ``score`` / ``contributions`` / ``score_and_contributions``: one asset's
+    #   history; ``score_histories``: several. The rows go to the device once
+    #   (scaled there once per row, not once per sequence they appear in) and the
+    #   sequences are gathered on the device by index: host memory traffic is
+    #   O(rows x d), never O(rows x sequence_length x d).
+    # * ``score_sequences``: independent sequences from the host (the worker's
+    #   live path). On the CPU they are scaled in cache-sized blocks read straight
+    #   from the caller's array (no copy of the whole batch); on CUDA each block
+    #   is copied into a reusable pinned host buffer and sent with
+    #   ``non_blocking=True``, so filling the next block overlaps the transfer.
+    #
+    # On the CPU both feed the model the same float32 tensor, built from the same
+    # float64 operations, as scaling each sequence on its own would: the paths
+    # agree bit for bit (tested).
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Reconstruction error of the last window of the sequence ending at each row (one asset, event-time order)."""
@@ -447,8 +499,75 @@ class LstmAutoencoderDetector(Detector):
 
     def _score_rows(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._require_fitted()
-        X = self._check_matrix(X)
-        return self.score_sequences(sliding_sequences(X, self.sequence_length))
+        return self._score_histories([self._check_matrix(X)])[0]
+
+    def score_histories(self, matrices: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Score several assets' histories at once: each matrix is one asset's rows in
+        event-time order, as for ``score`` -> one ``(scores, contributions)`` per
+        matrix, in the same order.
+
+        The offline path (replay, backtest of many assets of one type): the
+        sequences of all assets share micro-batches of ``micro_batch``, but a
+        sequence never crosses two assets (each asset's first rows are padded with
+        its own first row, as in ``score``). The arrays returned for the assets of
+        one call are views of one array each for scores and contributions.
+        """
+        self._require_fitted()
+        return self._score_histories([self._check_matrix(X) for X in matrices])
+
+    def _score_histories(self, matrices: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        T, d = self.sequence_length, len(self.feature_names)
+        lengths = [int(X.shape[0]) for X in matrices]
+        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
+        total = int(offsets[-1])
+        scores = np.empty(total, dtype=np.float64)
+        contributions = np.empty((total, d), dtype=np.float64)
+        segment = self._segment_length()
+        with torch.inference_mode(), exact_float32(self.device):
+            # Step k of the sequence ending at buffer row e is row e - (T - 1) + k,
+            # floored at its asset's first row (the padding by repetition).
+            step_offsets = torch.arange(1 - T, 1, device=self.device)
+            results = _Results(scores, contributions, self.device, self._cuda)
+            for first in range(0, total, segment):
+                last = min(first + segment, total)
+                # The rows this segment needs: for each asset it touches, from
+                # T - 1 rows before its first sequence here (or the asset's first
+                # row) to its last; they sit one after the other in one buffer.
+                pieces, ends, floors, n_rows = [], [], [], 0
+                asset = int(np.searchsorted(offsets, first, side="right")) - 1
+                while asset < len(matrices) and offsets[asset] < last:
+                    begin = max(first - int(offsets[asset]), 0)
+                    stop = min(last - int(offsets[asset]), lengths[asset])
+                    if stop > begin:
+                        low = max(begin - (T - 1), 0)
+                        pieces.append((matrices[asset][low:stop], n_rows))
+                        ends.append(np.arange(begin, stop, dtype=np.int64) + (n_rows - low))
+                        # Below the buffer's first row when low > 0: then it never binds.
+                        floors.append(np.full(stop - begin, n_rows - low, dtype=np.int64))
+                        n_rows += stop - low
+                    asset += 1
+                # The small index arrays first: a plain host-to-device copy waits for
+                # the stream, so it must not queue behind the rows' async transfer.
+                ends_t = torch.from_numpy(np.concatenate(ends)).to(self.device)
+                floors_t = torch.from_numpy(np.concatenate(floors)).to(self.device)
+                rows, observed = self._scaled_rows(pieces, n_rows)
+                results.open(first, last)
+                for start in range(0, last - first, self.micro_batch):
+                    end, floor = ends_t[start : start + self.micro_batch], floors_t[start : start + self.micro_batch]
+                    n = end.shape[0]
+                    if n == 1:  # a micro-batch of one is doubled: see _forward_scaled
+                        end, floor = end.repeat(2), floor.repeat(2)
+                    index = torch.maximum(end[:, None] + step_offsets, floor[:, None])
+                    if self._cuda:
+                        batch = rows[index]
+                    else:
+                        # Into a reused buffer: a fresh tensor this size costs more
+                        # in page faults than the gather itself.
+                        batch = self._host_buffer("batch", (index.shape[0], T, d), torch.float32)
+                        torch.index_select(rows, 0, index.reshape(-1), out=batch.view(-1, d))
+                    results.put(start, n, *self._forward_scaled(batch, observed[end].float()))
+                results.close()
+        return [(scores[a:b], contributions[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
 
     def score_sequences(self, sequences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Score many sequences at once: (b, sequence_length, d) raw window features
@@ -457,34 +576,58 @@ class LstmAutoencoderDetector(Detector):
         The worker's entry point: it gathers the latest sequence of many assets (of
         one type) and scores them in one call; they run through the model in chunks
         of ``micro_batch`` on the device. Pad a short history by repeating its first
-        row (``sliding_sequences`` does).
+        row (``sliding_sequences`` does). Any layout and real dtype is read as is
+        (float64 C order is the cheapest); the input is never modified. To score
+        whole histories, ``score`` / ``score_histories`` move T times less data.
         """
         self._require_fitted()
         sequences = np.asarray(sequences)
         self._check_sequences_shape(sequences, len(self.feature_names))
+        if sequences.dtype.kind not in "biuf":
+            sequences = np.asarray(sequences, dtype=np.float64)
+        T, d = self.sequence_length, len(self.feature_names)
         b = sequences.shape[0]
         scores = np.empty(b, dtype=np.float64)
-        contributions = np.empty((b, len(self.feature_names)), dtype=np.float64)
+        contributions = np.empty((b, d), dtype=np.float64)
+        cuda = self._cuda
+        segment = self._segment_length()
         with torch.inference_mode(), exact_float32(self.device):
-            for first in range(0, b, self.micro_batch):
-                # A copy: the input is often a read-only view (sliding_sequences).
-                chunk = np.array(sequences[first : first + self.micro_batch], dtype=np.float64, order="C")
-                n = chunk.shape[0]
-                if n == 1:
-                    # One sequence alone would take the CPU's matrix-vector path, whose
-                    # rounding differs from the matrix-matrix one; doubling it keeps a
-                    # live score of one asset bit-identical to the same row scored in a
-                    # batch (history, backfill) on the CPU.
-                    chunk = np.concatenate([chunk, chunk])
-                chunk_scores, chunk_contributions = self._forward_scores(torch.from_numpy(chunk).to(self.device))
-                scores[first : first + n] = chunk_scores[:n].cpu().numpy()
-                contributions[first : first + n] = chunk_contributions[:n].cpu().numpy()
+            results = _Results(scores, contributions, self.device, self._cuda)
+            for first in range(0, b, segment):
+                last = min(first + segment, b)
+                results.open(first, last)
+                for start in range(first, last, self.micro_batch):
+                    chunk = sequences[start : min(start + self.micro_batch, last)]
+                    n = chunk.shape[0]
+                    if cuda:
+                        raw = torch.empty((n, T, d), dtype=torch.float64, device=self.device)
+                        self._upload([(chunk, raw)])
+                        observed = self._scale_(raw, last_step=True)
+                        batch = raw.float()
+                        if n == 1:  # see _forward_scaled
+                            batch, observed = batch.repeat(2, 1, 1), observed.repeat(2, 1)
+                    else:
+                        m = max(n, 2)
+                        batch = self._host_buffer("batch", (m, T, d), torch.float32)
+                        observed = self._host_buffer("observed_last", (m, d), torch.bool)
+                        self._scale_host(chunk, batch[:n], observed[:n], last_step=True)
+                        if n == 1:  # see _forward_scaled
+                            batch[1], observed[1] = batch[0], observed[0]
+                    results.put(start - first, n, *self._forward_scaled(batch, observed.float()))
+                results.close()
         return scores, contributions
 
-    def _forward_scores(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scaled, observed = self._scale(raw)
+    def _forward_scaled(self, scaled: torch.Tensor, last_observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled float32 sequences (m, T, d) and the float32 observed mask of their last
+        step (m, d) -> (scores (m,), squared errors of the last step (m, d)), float64.
+
+        Callers never pass one sequence alone: it would take the CPU's
+        matrix-vector path, whose rounding differs from the matrix-matrix one. A
+        micro-batch of one is doubled (and the copy's result dropped), which keeps
+        a live score of one asset bit-identical to the same row scored in a batch
+        (history, backfill) on the CPU.
+        """
         reconstruction = self.model(scaled)
-        last_observed = observed[:, -1]
         # Summed in float64 so a score is exactly its contributions' mean (and the
         # order of the sum, which differs between CPU and CUDA, hardly matters).
         squared = ((reconstruction[:, -1] - scaled[:, -1]).square() * last_observed).double()
@@ -499,11 +642,19 @@ class LstmAutoencoderDetector(Detector):
         spread (a counter, a 1e5 rpm speed) would lose its variation if the
         subtraction ran in float32.
         """
-        center, spread = self._scaler_on(raw.device)
-        scaled = (raw - center) / spread
-        observed = ~torch.isnan(scaled)
-        scaled = torch.nan_to_num(scaled, nan=0.0).clamp(-CLIP_SCALED, CLIP_SCALED)
-        return scaled.float(), observed.float()
+        values = raw.to(dtype=torch.float64, copy=True)
+        observed = self._scale_(values)
+        return values.float(), observed.float()
+
+    def _scale_(self, values: torch.Tensor, last_step: bool = False) -> torch.Tensor:
+        """Scale raw float64 ``values`` in place (NaN -> 0, clipped); returns the
+        observed mask (bool), of the last step only when ``last_step`` (sequences).
+        Element by element the same operations as ``_scale``, so the same bits."""
+        center, spread = self._scaler_on(values.device)
+        values.sub_(center).div_(spread)
+        observed = ~torch.isnan(values[:, -1] if last_step else values)
+        values.nan_to_num_(nan=0.0).clamp_(-CLIP_SCALED, CLIP_SCALED)
+        return observed
 
     def _scaler_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """center / spread as float64 tensors on ``device``, kept there between calls
@@ -517,6 +668,86 @@ class LstmAutoencoderDetector(Detector):
             )
             self._scaler_cache = cached
         return cached[1], cached[2]
+
+    # -- host memory and transfers -----------------------------------------------------
+
+    @property
+    def _cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def _segment_length(self) -> int:
+        """Sequences per segment: the unit of row transfer and, on CUDA, of results
+        copied back (a multiple of ``micro_batch``, so micro-batches line up with
+        a plain split of the input into micro_batch chunks)."""
+        if not self._cuda:
+            return self.micro_batch
+        return self.micro_batch * max(1, CUDA_SEGMENT_SEQUENCES // self.micro_batch)
+
+    def _scaled_rows(self, pieces: list[tuple[np.ndarray, int]], n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw row blocks, each to its buffer position -> (scaled float32 rows, bool
+        observed mask), (n_rows, d) each, on the device."""
+        d = len(self.feature_names)
+        if self._cuda:
+            raw = torch.empty((n_rows, d), dtype=torch.float64, device=self.device)
+            self._upload([(rows, raw[at : at + rows.shape[0]]) for rows, at in pieces])
+            observed = self._scale_(raw)
+            return raw.float(), observed
+        scaled = self._host_buffer("rows", (n_rows, d), torch.float32)
+        observed = self._host_buffer("observed_rows", (n_rows, d), torch.bool)
+        for rows, at in pieces:
+            self._scale_host(rows, scaled[at : at + rows.shape[0]], observed[at : at + rows.shape[0]], last_step=False)
+        return scaled, observed
+
+    def _scale_host(self, source: np.ndarray, scaled: torch.Tensor, observed: torch.Tensor, last_step: bool) -> None:
+        """CPU: scale ``source`` (k, ...) into ``scaled`` (float32) and ``observed``
+        (bool) block by block, through one small float64 buffer that stays in
+        cache: the float64 copy of the whole input is never made."""
+        if source.shape[0] == 0:
+            return
+        shape = source.shape[1:]
+        per_item = math.prod(shape)
+        block = max(1, min(source.shape[0], HOST_BLOCK_VALUES // per_item))
+        work = self._host_buffer("block", (block * per_item,), torch.float64)
+        for a in range(0, source.shape[0], block):
+            part = source[a : a + block]
+            values = work[: part.shape[0] * per_item].view(part.shape)
+            np.copyto(values.numpy(), part, casting="unsafe")
+            observed[a : a + part.shape[0]] = self._scale_(values, last_step)
+            scaled[a : a + part.shape[0]] = values
+
+    def _host_buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A CPU work tensor of ``shape``, reused between calls: a fresh one of tens
+        of MB costs more in page faults than the work done in it. The buffers only
+        grow; together they hold about one micro-batch of float32 sequences."""
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < size:
+            buffer = torch.empty(size, dtype=dtype)
+            self._buffers[name] = buffer
+        return buffer[:size].view(shape)
+
+    def _upload(self, pairs: list[tuple[np.ndarray, torch.Tensor]]) -> None:
+        """CUDA: copy each host array into its device tensor of the same shape through
+        two pinned buffers used in turn, each sent with ``non_blocking=True``: the
+        host fills one while the other is in flight. Waits only for the transfer
+        that last used a buffer before refilling it."""
+        for source, target in pairs:
+            per_item = math.prod(source.shape[1:])
+            block = max(1, STAGING_VALUES // per_item)
+            for a in range(0, source.shape[0], block):
+                part = source[a : a + block]
+                size = part.shape[0] * per_item
+                if not self._staging:
+                    self._staging = [[None, _new_event()] for _ in range(2)]
+                slot = self._staging[self._staging_next]
+                self._staging_next ^= 1
+                slot[1].synchronize()  # the transfer that last read this buffer is done
+                if slot[0] is None or slot[0].numel() < size:
+                    slot[0] = _pinned_empty(max(size, STAGING_VALUES))
+                host = slot[0][:size].view(part.shape)
+                np.copyto(host.numpy(), part, casting="unsafe")
+                target[a : a + part.shape[0]].copy_(host, non_blocking=True)
+                slot[1].record()
 
     # -- persistence -------------------------------------------------------------------
 
@@ -606,6 +837,45 @@ class LstmAutoencoderDetector(Detector):
                 f"(sequence_length windows x features), got {sequences.shape}: build them with "
                 "detectors.lstm_autoencoder.sliding_sequences, which pads a short history by repeating its first row"
             )
+
+
+def _pinned_empty(size: int) -> torch.Tensor:
+    """A page-locked float64 host buffer (the CUDA staging buffers)."""
+    return torch.empty(size, dtype=torch.float64, pin_memory=True)
+
+
+def _new_event() -> "torch.cuda.Event":
+    return torch.cuda.Event()
+
+
+class _Results:
+    """Where a scoring call's results go: on the CPU straight into the output arrays;
+    on CUDA into device tensors for one segment, copied back once per segment (one
+    synchronisation per segment, not one per micro-batch)."""
+
+    def __init__(self, scores: np.ndarray, contributions: np.ndarray, device: torch.device, cuda: bool):
+        self.scores, self.contributions = torch.from_numpy(scores), torch.from_numpy(contributions)
+        self.cuda = cuda
+        self.device = device
+        self.first = self.last = 0
+
+    def open(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+        if self.cuda:
+            self.segment_scores = torch.empty(last - first, dtype=torch.float64, device=self.device)
+            self.segment_contributions = torch.empty((last - first, self.contributions.shape[1]), dtype=torch.float64, device=self.device)
+        else:
+            self.segment_scores, self.segment_contributions = self.scores[first:last], self.contributions[first:last]
+
+    def put(self, start: int, n: int, scores: torch.Tensor, squared: torch.Tensor) -> None:
+        """Results of a micro-batch at ``start`` in the segment (its first ``n`` rows are real)."""
+        self.segment_scores[start : start + n] = scores[:n]
+        self.segment_contributions[start : start + n] = squared[:n]
+
+    def close(self) -> None:
+        if self.cuda:
+            self.scores[self.first : self.last] = self.segment_scores
+            self.contributions[self.first : self.last] = self.segment_contributions
 
 
 # -- CPU vs CUDA -------------------------------------------------------------------------

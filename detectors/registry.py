@@ -154,8 +154,8 @@ class ModelRegistry:
     # -- paths -------------------------------------------------------------------------
 
     def _detector_dir(self, target: str, detector: str) -> Path:
-        if not target:
-            raise RegistryError("the target is empty: give an asset id (pump-1) or an asset type (type:pump)")
+        if target in ("", ".", ".."):
+            raise RegistryError(f"{target!r} is not a target: give an asset id (pump-1) or an asset type (type:pump)")
         if not _DETECTOR_NAME.match(detector):
             raise RegistryError(f"{detector!r} is not a detector name: lower-case letters, digits and _ (e.g. isolation_forest)")
         return self.root / quote(target, safe="") / detector
@@ -215,6 +215,7 @@ class ModelRegistry:
         wrong = sorted({model.name for model in models.values()} - {detector})
         if wrong:
             raise RegistryError(f"models of detector {', '.join(wrong)} cannot be saved as {detector}")
+        training = _training(training)
         try:  # fail before writing anything if the records are not JSON
             json.dumps([feature_spec, training, metrics], allow_nan=False, default=_plain)
         except (TypeError, ValueError) as error:
@@ -236,7 +237,7 @@ class ModelRegistry:
                 "version": 0,  # set when the version number is claimed
                 "scales": scales,
                 "feature_spec": feature_spec,
-                "training": _training(training),
+                "training": training,
                 "metrics": metrics,
                 "files": files,
                 "sha256": files_digest(files),

@@ -171,11 +171,15 @@ def main() -> None:
 
     from edgewatch.bench import machine_description
 
-    console = Console()
+    console = Console(width=max(100, Console().width))
     console.print(f"Synthetic plant, 60 features, 5,000 training windows, one CPU thread; {machine_description(kafka=False)}")
-    table = Table(title="edgewatch detectors: windows scored per second")
-    for column in ("detector", "fit + calibrate", "batch", "score (raw)", "model (raw, p-value, contributions)", "score and learn"):
-        table.add_column(column, justify="left" if column == "detector" else "right")
+    table = Table(
+        title="edgewatch detectors",
+        caption="fit: fit + calibrate; windows/s: score = raw score, model = CalibratedModel.score "
+        "(raw, p-value, contributions), learn = score_and_learn (online detectors)",
+    )
+    for column in ("detector", "fit", "batch", "score/s", "model/s", "learn/s"):
+        table.add_column(column, justify="left" if column == "detector" else "right", no_wrap=True)
     for row in bench_detectors():
         learn = f"{row['learn_windows_per_s']:,}" if "learn_windows_per_s" in row else ""
         table.add_row(

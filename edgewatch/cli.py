@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from detectors.registry import RegistryError
 from edgewatch.localkafka import REPO, KafkaSetupError, LocalKafka
 from stream.config import ConfigError, load_config
 
@@ -54,7 +55,7 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ConfigError, KafkaSetupError, ValueError) as exc:
+        except (ConfigError, KafkaSetupError, ValueError, RegistryError) as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -300,6 +301,11 @@ def config_check(config: Path = typer.Argument(DEFAULT_CONFIG, envvar="EDGEWATCH
     cfg = load_config(config)
     tags = sum(len(a.tags) for a in cfg.assets)
     console.print(f"{config}: valid; {len(cfg.assets)} assets, {tags} tags; topics under '{cfg.kafka.topic_prefix}' on {cfg.kafka.bootstrap_servers}")
+
+
+from edgewatch import train_cli  # noqa: E402  (needs user_errors and ConfigOption above)
+
+train_cli.register(app, user_errors, ConfigOption)
 
 
 if __name__ == "__main__":

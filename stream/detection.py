@@ -198,6 +198,7 @@ class AssetDetection:
         models: Sequence[ScaledModel] = (),
         sequences: SequenceQueue | None = None,
         online: bool = True,
+        score: bool = True,
     ):
         from stream.config import duration_us
 
@@ -206,7 +207,7 @@ class AssetDetection:
         self.n_tags = len(asset.tags)
         self.windows = AssetWindows(self.n_tags, config.windows.scales, duration_us(config.windows.grace))
         self.vector_names = spec.vector_names([t.id for t in asset.tags])
-        self.detector_scales = {s.name for s in config.detector_scales}
+        self.detector_scales = {s.name for s in config.detector_scales} if score else set()
         self.top_k = config.detectors.top_tags
         self.false_alarm_rate = config.detectors.false_alarm_rate
         self.models: dict[str, list[ScaledModel]] = {}

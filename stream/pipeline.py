@@ -1,10 +1,11 @@
 """The per-asset processing pipeline: bytes in, messages out, no Kafka inside.
 
 ``Pipeline.process`` is called by every driver: the faust worker (stream.worker)
-for live data, and later the offline backtest. Today it decodes, validates and
-runs the fast rules (stream.rules: limits, rate of change, flatline, bad
-quality); the windows, detectors, fusion and alarms of later
-stages plug into ``AssetPipeline``.
+for live data, and the offline replay (stream.replay: training, backtests). It
+decodes and validates, runs the fast rules at once (stream.rules: limits, rate
+of change, flatline, bad quality; evidence per sample, not per window), then
+stream 2 (stream.detection: event-time windows, features, detectors). Fusion
+and alarms of later stages plug into ``AssetPipeline``.
 
 State that must survive a restart (which alerts are active) is read from a
 mapping the driver passes in (a faust Table backed by a Kafka changelog in the
@@ -26,7 +27,9 @@ from stream import alerts
 from stream.config import AssetConfig, ServiceConfig
 from stream.rules import FastRules
 from stream.validation import InvalidBatch, validate_batch
-from stream.wire import SCHEMA_VERSION, ReadingBatch, WireError, decode_reading_batch, utc_iso
+from stream.detection import AssetDetection, SequenceQueue
+from stream.features import FeatureSpec
+from stream.wire import SCHEMA_VERSION, ReadingBatch, WireError, decode_reading_batch, encode_reading_batch, is_good, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,11 @@ class Outputs:
     samples: int = 0
     #: the asset's new state, when it changed; store it under ``asset_id`` once the alerts are sent
     state: dict | None = None
+    #: messages for the features and scores topics (windows closed by this batch)
+    features: list[dict] = field(default_factory=list)
+    scores: list[dict] = field(default_factory=list)
+    #: (asset_id, stream.detection.WindowResult) per closed window, when the pipeline keeps them (training)
+    windows: list = field(default_factory=list)
 
     def apply_state(self, store: MutableMapping[str, dict]) -> None:
         if self.state is not None:
@@ -74,10 +82,11 @@ class Outputs:
 class AssetPipeline:
     """Processing for one configured asset (the configuration is fixed for its life)."""
 
-    def __init__(self, asset: AssetConfig, config: ServiceConfig):
+    def __init__(self, asset: AssetConfig, config: ServiceConfig, detection: AssetDetection | None = None):
         self.asset = asset
         self.tag_position = {tag.id: i for i, tag in enumerate(asset.tags)}
         self.rules = FastRules(asset, config.rules)
+        self.detection = detection
 
     def process(self, batch: ReadingBatch, tag_position, state: dict, source: Source | None) -> tuple[list[dict], dict]:
         """Run the rules over a validated batch. Returns (alert messages, new state)."""
@@ -102,13 +111,49 @@ class Pipeline:
     """Decode, validate and route reading batches to their asset's pipeline.
 
     ``clock`` returns seconds since the epoch; tests and replays may fix it.
+    ``max_future_check`` off: history is replayed whatever today's date is.
+    ``detection``: "full" (windows, features, detectors), "features" (windows
+    and features only, kept as matrices: training), or "off" (fast rules only).
+    ``models``: the trained models (stream.models.ModelCatalog); None: the
+    online detector alone. ``assets``: limit the pipeline to these asset ids.
     """
 
-    def __init__(self, config: ServiceConfig, clock=time.time):
+    def __init__(
+        self,
+        config: ServiceConfig,
+        clock=time.time,
+        *,
+        max_future_check: bool = True,
+        detection: str = "full",
+        models=None,
+        assets: list[str] | None = None,
+    ):
+        if detection not in ("full", "features", "off"):
+            raise ValueError(f"detection must be full, features or off, got {detection!r}")
         self.config = config
         self.clock = clock
+        self.max_future_check = max_future_check
         self.max_future_us = int(config.worker.max_future_s * 1e6)
-        self._assets = {asset.id: AssetPipeline(asset, config) for asset in config.assets}
+        self.keep_windows = detection == "features"
+        spec = FeatureSpec(config.features)
+        micro_batch = config.detectors.lstm_autoencoder.micro_batch
+        self.sequences = SequenceQueue(micro_batch) if detection == "full" else None
+        self._assets = {}
+        for asset in config.assets:
+            if assets is not None and asset.id not in assets:
+                continue
+            stage = None
+            if detection != "off":
+                stage = AssetDetection(
+                    asset,
+                    config,
+                    spec,
+                    models=models.for_asset(asset.id) if (models is not None and detection == "full") else (),
+                    sequences=self.sequences,
+                    online=detection == "full",
+                    score=detection == "full",
+                )
+            self._assets[asset.id] = AssetPipeline(asset, config, stage)
 
     def process(self, raw: bytes, source: Source | None, state_store: Mapping[str, dict]) -> Outputs:
         """Process one Kafka message value. Never raises on bad input: it becomes a dead letter.
@@ -116,6 +161,14 @@ class Pipeline:
         ``source`` is None offline (no Kafka, so no key to check)."""
         try:
             batch = decode_reading_batch(raw)
+        except WireError as exc:
+            return Outputs(deadletter=self.deadletter(raw, exc, source))
+        return self.process_batch(batch, source, state_store, raw)
+
+    def process_batch(self, batch: ReadingBatch, source: Source | None, state_store: Mapping[str, dict], raw: bytes | None = None) -> Outputs:
+        """Process one decoded reading batch (offline drivers start here; ``raw``
+        is the original message, copied into a dead letter if the batch is refused)."""
+        try:
             if source is not None and source.key is None:
                 raise InvalidBatch(
                     f'message has no key: send it with the asset id "{batch.asset_id}" as key, '
@@ -129,20 +182,58 @@ class Pipeline:
             asset = self._assets.get(batch.asset_id)
             if asset is None:
                 raise InvalidBatch(f'unknown asset "{batch.asset_id}": add it to the configuration or fix the sender')
-            tag_position = validate_batch(
-                batch, asset.asset, asset.tag_position, int(self.clock() * 1e6), self.max_future_us
-            )
+            now_us = int(self.clock() * 1e6) if self.max_future_check else None
+            tag_position = validate_batch(batch, asset.asset, asset.tag_position, now_us, self.max_future_us)
         except (WireError, InvalidBatch) as exc:
+            if raw is None:
+                raw = encode_reading_batch(batch)
             return Outputs(deadletter=self.deadletter(raw, exc, source))
         state = state_store.get(batch.asset_id) or {}
         try:
             messages, new_state = asset.process(batch, tag_position, state, source)
         except Exception as exc:  # a bug must not stop the plant's stream: park the input, keep going
             log.exception("processing failed for asset %s at %s", batch.asset_id, source)
-            return Outputs(deadletter=self.deadletter(raw, exc, source))
-        return Outputs(
+            return Outputs(deadletter=self.deadletter(raw if raw is not None else encode_reading_batch(batch), exc, source))
+        outputs = Outputs(
             alerts=messages, asset_id=batch.asset_id, samples=len(batch), state=None if new_state is state else new_state
         )
+        if asset.detection is not None:
+            # Stream 2 after the fast rules' evidence is out. A failure here is a
+            # bug in a detector, not bad input: the alerts above still go out and
+            # the batch is not parked (its readings were fine); the error is logged.
+            try:
+                detected = asset.detection.process(batch.ts_us, tag_position, batch.value, is_good(batch.quality), batch.replayed)
+            except Exception:
+                log.exception("windows/detectors failed for asset %s at %s", batch.asset_id, source)
+            else:
+                self._collect(outputs, asset, detected)
+        return outputs
+
+    def _collect(self, outputs: Outputs, asset: "AssetPipeline", detected) -> None:
+        outputs.features.extend(detected.features)
+        outputs.scores.extend(detected.scores)
+        if self.keep_windows:
+            outputs.windows.extend((asset.asset.id, w) for w in detected.windows)
+        if self.sequences is not None and len(self.sequences) >= self.sequences.micro_batch:
+            outputs.scores.extend(self.sequences.flush())
+
+    def flush_sequences(self) -> list[dict]:
+        """Score the LSTM sequences queued so far (all assets, one micro-batch); the
+        driver calls this when its input goes quiet, so scores never wait long."""
+        return self.sequences.flush() if self.sequences is not None else []
+
+    @property
+    def pending_sequences(self) -> int:
+        return len(self.sequences) if self.sequences is not None else 0
+
+    def flush(self) -> Outputs:
+        """Close every open window of every asset (the end of an offline replay)."""
+        outputs = Outputs()
+        for asset in self._assets.values():
+            if asset.detection is not None:
+                self._collect(outputs, asset, asset.detection.flush())
+        outputs.scores.extend(self.flush_sequences())
+        return outputs
 
     def deadletter(self, raw: bytes, error: Exception, source: Source | None) -> dict:
         """The dead-letter message for a rejected input: the reason and the original bytes.

@@ -56,7 +56,7 @@ def replay(
 ) -> ReplayResult:
     """Run ``batches`` (event-time order) through the pipeline; close every open
     window at the end. ``on_batch`` is called after each batch (progress bars)."""
-    pipeline = pipeline or Pipeline(config, clock=lambda: float("inf"), max_future_check=False)
+    pipeline = pipeline or Pipeline(config, max_future_check=False)
     state: dict[str, dict] = {}
     result = ReplayResult()
     for batch in batches:

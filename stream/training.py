@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from stream.config import AssetConfig, ServiceConfig
+from stream.config import AssetConfig, BadQualityRuleSettings, LimitRuleSettings, RuleSettings, RuleSwitch, ServiceConfig
 from stream.features import FeatureSpec
 from stream.pipeline import Pipeline
 from stream.replay import replay
@@ -74,8 +74,15 @@ def collect_features(
     the feature vectors per (asset, scale)."""
     from stream.features import detector_matrix
 
-    quiet = config.model_copy(update={"rules": config.rules.model_copy(update={"limits": config.rules.limits.model_copy(update={"enabled": False})})})
-    pipeline = Pipeline(quiet, clock=lambda: 0.0, max_future_check=False, detection="features", assets=[a.id for a in assets])
+    # Rules off: training wants the windows only, and alerts from history are noise here.
+    rules_off = RuleSettings(
+        limits=LimitRuleSettings(enabled=False),
+        rate_of_change=RuleSwitch(enabled=False),
+        flatline=RuleSwitch(enabled=False),
+        bad_quality=BadQualityRuleSettings(enabled=False),
+    )
+    quiet = config.model_copy(update={"rules": rules_off})
+    pipeline = Pipeline(quiet, max_future_check=False, detection="features", assets=[a.id for a in assets])
     wanted = {a.id for a in assets}
     result = replay(quiet, (b for b in batches if b.asset_id in wanted), pipeline=pipeline, keep_windows=True, keep_messages=False, on_batch=on_batch)
     spec = FeatureSpec(config.features)

@@ -19,14 +19,15 @@ class InvalidBatch(ValueError):
 
 
 def validate_batch(
-    batch: ReadingBatch, asset: AssetConfig, tag_position: dict[str, int], now_us: int, max_future_us: int
+    batch: ReadingBatch, asset: AssetConfig, tag_position: dict[str, int], now_us: int | None, max_future_us: int
 ) -> np.ndarray:
     """Check ``batch`` and return, per sample, the position of its tag in ``asset.tags``.
 
     ``tag_position`` maps the asset's configured tag ids to their positions.
     Raises InvalidBatch for an empty batch, an unknown tag, a Good-quality sample
     that is NaN or infinite (a Bad one may carry any value: servers send NaN with
-    Bad status), or a timestamp more than ``max_future_us`` ahead of ``now_us``.
+    Bad status), or a timestamp more than ``max_future_us`` ahead of ``now_us``
+    (not checked when ``now_us`` is None: replays of history).
     """
     n = len(batch)
     if n == 0:
@@ -45,7 +46,7 @@ def validate_batch(
                 "a non-finite value must carry Bad or Uncertain quality"
             )
     latest = int(batch.ts_us.max())
-    if latest > now_us + max_future_us:
+    if now_us is not None and latest > now_us + max_future_us:
         ahead_s = (latest - now_us) / 1e6
         raise InvalidBatch(
             f"timestamp {latest} us is {ahead_s:.0f} s in the future (limit {max_future_us / 1e6:.0f} s): "

@@ -27,12 +27,15 @@ import faust
 
 from stream.config import ServiceConfig
 from stream.kafka_admin import ensure_topics
+from stream.models import load_catalog
 from stream.pipeline import Pipeline, Source
 from stream.wire import encode_message
 
 log = logging.getLogger("edgewatch.worker")
 
 STATS_INTERVAL_S = 10.0
+#: the longest an LSTM sequence waits for others to share its forward pass
+SEQUENCE_WAIT_S = 0.2
 
 
 def create_app(config: ServiceConfig) -> faust.App:
@@ -60,10 +63,37 @@ def create_app(config: ServiceConfig) -> faust.App:
     readings = app.topic(topics.readings, key_serializer="raw", value_serializer="raw")
     alerts = app.topic(topics.alerts, key_serializer="raw", value_serializer="raw")
     deadletter = app.topic(topics.deadletter, key_serializer="raw", value_serializer="raw")
+    features = app.topic(topics.features, key_serializer="raw", value_serializer="raw")
+    scores = app.topic(topics.scores, key_serializer="raw", value_serializer="raw")
     # Keys and values of the state table are JSON (the app-wide serializers above); topics set raw explicitly.
     state = app.Table("asset-state", default=dict, partitions=kafka.partitions)
-    pipeline = Pipeline(config)
-    counters = {"messages": 0, "samples": 0, "alerts": 0, "deadletters": 0}
+    pipeline = Pipeline(config, models=load_catalog(config))
+    counters = {"messages": 0, "samples": 0, "alerts": 0, "deadletters": 0, "windows": 0, "scores": 0}
+    # LSTM sequences wait in the pipeline's queue so that many assets share one
+    # forward pass; they are scored when the queue is full (inside process), when
+    # the oldest has waited SEQUENCE_WAIT_S, or by the timer below when input is quiet.
+    sequences_since = {"t": None}
+
+    async def send_analytics(feature_messages: list[dict], score_messages: list[dict]) -> None:
+        # Not forced: these go out with the producer's next batch (faust flushes
+        # it before committing offsets), which keeps per-message cost low.
+        for message in feature_messages:
+            await features.send(key=message["asset_id"].encode(), value=encode_message(message))
+        for message in score_messages:
+            await scores.send(key=message["asset_id"].encode(), value=encode_message(message))
+        counters["windows"] += len(feature_messages)
+        counters["scores"] += len(score_messages)
+
+    async def flush_sequences(force: bool) -> None:
+        if pipeline.pending_sequences == 0:
+            sequences_since["t"] = None
+            return
+        now = time.monotonic()
+        if sequences_since["t"] is None:
+            sequences_since["t"] = now
+        if force or now - sequences_since["t"] >= SEQUENCE_WAIT_S:
+            sequences_since["t"] = None
+            await send_analytics([], pipeline.flush_sequences())
 
     @app.agent(readings, name="process-readings", concurrency=1)
     async def process_readings(stream):
@@ -80,6 +110,9 @@ def create_app(config: ServiceConfig) -> faust.App:
                 # crash in between would restore "active" and the replay stay silent.
                 await asyncio.gather(*sent)
             outputs.apply_state(state)
+            if outputs.features or outputs.scores:
+                await send_analytics(outputs.features, outputs.scores)
+            await flush_sequences(force=False)
             if outputs.deadletter is not None:
                 log.warning("dead-lettered %s:%s@%s: %s", message.topic, message.partition, message.offset, outputs.deadletter["reason"])
                 await deadletter.send(key=message.key, value=encode_message(outputs.deadletter), force=True)
@@ -90,16 +123,22 @@ def create_app(config: ServiceConfig) -> faust.App:
 
     last = {"t": time.monotonic(), **counters}
 
+    @app.timer(SEQUENCE_WAIT_S)
+    async def score_waiting_sequences() -> None:
+        await flush_sequences(force=True)
+
     @app.timer(STATS_INTERVAL_S)
     async def report_stats() -> None:
         now = time.monotonic()
         elapsed = max(now - last["t"], 1e-9)
         log.info(
-            "processed %d messages, %d samples (%.0f samples/s); %d alerts, %d dead letters in total",
+            "processed %d messages, %d samples (%.0f samples/s); %d alerts, %d windows, %d scores, %d dead letters in total",
             counters["messages"],
             counters["samples"],
             (counters["samples"] - last["samples"]) / elapsed,
             counters["alerts"],
+            counters["windows"],
+            counters["scores"],
             counters["deadletters"],
         )
         last.update(t=now, **counters)

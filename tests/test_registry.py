@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -169,6 +170,8 @@ def test_unknown_targets_and_versions_say_what_exists(tmp_path):
         registry.load("pump-1", "isolation_forest", 3)
     with pytest.raises(RegistryError, match="detector name"):
         registry.versions("pump-1", "../escape")
+    with pytest.raises(RegistryError, match="not a target"):
+        registry.versions("..", "isolation_forest")
     with pytest.raises(RegistryError, match="cannot be saved as"):
         registry.save("pump-1", "halfspace_trees", {"10s": forest()}, **SAVE_ARGS)
     with pytest.raises(RegistryError, match="JSON"):
@@ -192,3 +195,13 @@ def test_announcements_validate_against_the_models_schema(tmp_path, target, fold
     assert Path(unquote(urlparse(message["artifact_uri"]).path)) == saved.path.resolve()
     registry.activate(target, "isolation_forest", 1)
     assert registry.announcement(registry.get(target, "isolation_forest"))["active"] is True
+
+
+def test_concurrent_saves_get_distinct_complete_versions(tmp_path):
+    registry = ModelRegistry(tmp_path)
+    model = forest()
+    with ThreadPoolExecutor(4) as pool:
+        saved = list(pool.map(lambda _: registry.save("pump-1", "isolation_forest", {"10s": model}, **SAVE_ARGS), range(8)))
+    assert sorted(v.version for v in saved) == list(range(1, 9))
+    for version in saved:
+        assert registry.load("pump-1", "isolation_forest", version.version).manifest["version"] == version.version

@@ -172,6 +172,7 @@ def test_the_vectorised_shortcut_decides_exactly_as_walking_every_sample():
     from stream.wire import QUALITY_BAD
 
     rng = np.random.default_rng(0)
+    compared = 0
     for scenario in range(60):
         after_s = [float(rng.choice([0.3, 1.0, 2.0])), float(rng.choice([0.5, 1.5]))]
         tolerance = [float(rng.choice([0.0, 0.05, 0.5])), float(rng.choice([0.0, 0.2]))]
@@ -198,5 +199,7 @@ def test_the_vectorised_shortcut_decides_exactly_as_walking_every_sample():
         for tag_position, ts, values, good in batches:
             quality = np.where(good, 0, QUALITY_BAD).astype(np.uint32)
             events, state = rules.evaluate(tag_position, ts, values.astype(float), quality, state)
-            got += [(e.tag_position, e.state, e.ts_us, e.episode_start_us) for e in events]
+            got += [(e.tag_position, e.state, e.ts_us, e.episode_start_us) for e in events if e.rule == "flatline"]
         assert sorted(got) == sorted(expected), f"scenario {scenario}"
+        compared += len(expected)
+    assert compared > 300  # stuck, jittering, drifting, silent and Bad stretches did happen

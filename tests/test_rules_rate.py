@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.test_rules_limits import ASSET, SPEED, T0, Worker, brief, plant, series
+from tests.test_rules_limits import ASSET, SPEED, Worker, brief, plant, series
 
 # 10 m3/h per second is the fastest a healthy flow loop moves; samples every 100 ms.
 FLOW = {"id": "flow", "unit": "m3/h", "max_rate_per_s": 10}
