@@ -5,8 +5,13 @@ Measures, in sequences per second, at batch sizes 1, 64, 1024 and 8192:
 * ``train``: optimizer steps (forward + masked MSE + backward + Adam), batches
   gathered by index from rows resident on the device, exactly as ``fit`` does;
 * ``infer``: ``LstmAutoencoderDetector.score_sequences`` end to end, the worker's
-  path: raw float64 features from host memory, scaling, forward pass, scores and
-  contributions back in host memory (``micro_batch`` = the batch size);
+  path: independent sequences of raw float64 features from host memory (batch x
+  sequence_length x features), scaling, forward pass, scores and contributions
+  back in host memory (``micro_batch`` = the batch size);
+* ``history``: ``LstmAutoencoderDetector.score`` end to end on one asset's
+  history of ``batch`` rows of raw float64 features in host memory (the offline
+  replay / backtest path): ``batch`` sequences, one ending at each row, gathered
+  on the device from rows sent once (``micro_batch`` = the batch size);
 * ``forward``: the network alone on scaled float32 sequences already on the device.
 
 The CPU runs on ONE thread (``torch.set_num_threads(1)``): the figure to size an
@@ -17,7 +22,8 @@ is timed with ``torch.cuda.synchronize()`` around the timed region.
 
 Also trains one model on CUDA, saves it, and scores the same sequences with it on
 CUDA and on the CPU: the max relative score difference is printed against the
-tolerance the detector claims (``CPU_CUDA_RTOL`` / ``CPU_CUDA_ATOL``).
+tolerance the detector claims (``CPU_CUDA_RTOL`` / ``CPU_CUDA_ATOL``); the same
+for histories (``score_histories`` of a few assets, CUDA vs CPU).
 
 Only numpy, torch and ``detectors`` are imported, so it runs wherever torch does
 (``PYTHONPATH=. python3 -m edgewatch.bench_gpu``), without the service's other
@@ -54,15 +60,25 @@ from detectors.lstm_autoencoder import (
 
 BATCHES = (1, 64, 1024, 8192)
 QUICK_BATCHES = (1, 64, 256)
-MODES = ("train", "infer", "forward")
+MODES = ("train", "infer", "history", "forward")
 
 # Timed iterations per repeat, by device and mode, for each batch size. CPU at
 # 8192 takes ~0.1-1 s per iteration on one core, hence the small counts there.
 ITERATIONS = {
-    "cuda": {"train": {1: 100, 64: 100, 1024: 50, 8192: 20}, "infer": {1: 200, 64: 200, 1024: 50, 8192: 10}, "forward": {1: 200, 64: 200, 1024: 100, 8192: 20}},
-    "cpu": {"train": {1: 50, 64: 20, 1024: 5, 8192: 3}, "infer": {1: 100, 64: 30, 1024: 5, 8192: 3}, "forward": {1: 100, 64: 30, 1024: 5, 8192: 3}},
+    "cuda": {
+        "train": {1: 100, 64: 100, 1024: 50, 8192: 20},
+        "infer": {1: 200, 64: 200, 1024: 50, 8192: 10},
+        "history": {1: 200, 64: 200, 1024: 50, 8192: 20},
+        "forward": {1: 200, 64: 200, 1024: 100, 8192: 20},
+    },
+    "cpu": {
+        "train": {1: 50, 64: 20, 1024: 5, 8192: 3},
+        "infer": {1: 100, 64: 30, 1024: 5, 8192: 3},
+        "history": {1: 100, 64: 30, 1024: 5, 8192: 3},
+        "forward": {1: 100, 64: 30, 1024: 5, 8192: 3},
+    },
 }
-QUICK_ITERATIONS = {"train": 3, "infer": 3, "forward": 3}
+QUICK_ITERATIONS = {"train": 3, "infer": 3, "history": 3, "forward": 3}
 REPEATS = {"cuda": 5, "cpu": 3}
 #: a CPU measurement whose warm-up shows one repeat would exceed this gets fewer iterations.
 CPU_SECONDS_PER_REPEAT = 8.0
@@ -160,6 +176,11 @@ def bench_device(device: torch.device, model_path: Path, args, batches: tuple[in
         results[(batch, "infer")] = measure(lambda: detector.score_sequences(sequences), device, batch, iterations["infer"], repeats, warmup)
         log(f"  {device.type:4s} batch {batch:5d} infer   {results[(batch, 'infer')]['seq_per_s']:14,.0f} seq/s")
 
+        # history: one asset's rows, host numpy in and out, a sequence ending at each row.
+        history = np.ascontiguousarray(raw_pool[T : T + batch])
+        results[(batch, "history")] = measure(lambda: detector.score(history), device, batch, iterations["history"], repeats, warmup)
+        log(f"  {device.type:4s} batch {batch:5d} history {results[(batch, 'history')]['seq_per_s']:14,.0f} seq/s")
+
         # forward: the network alone on device-resident scaled sequences.
         scaled = torch.randn(batch, T, d, generator=generator).to(device)
         net = detector.model
@@ -175,6 +196,36 @@ def bench_device(device: torch.device, model_path: Path, args, batches: tuple[in
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return results
+
+
+def history_check(model_path: Path, histories: list[np.ndarray], device: str = "cuda", reference_device: str = "cpu", micro_batch: int | None = None) -> dict:
+    """``score_histories`` of the same assets with one saved model on two devices:
+    the worst score and contribution differences against the claimed tolerance
+    (checks the history path's transfers and gathers on the device, not only the
+    arithmetic)."""
+    tested = LstmAutoencoderDetector.load(model_path, device=device, micro_batch=micro_batch)
+    reference = LstmAutoencoderDetector.load(model_path, device=reference_device, micro_batch=micro_batch)
+    got, want = tested.score_histories(histories), reference.score_histories(histories)
+
+    def compare(a: np.ndarray, b: np.ndarray) -> dict:
+        difference = np.abs(a - b)
+        return {
+            "max_abs_diff": float(difference.max(initial=0.0)),
+            "max_rel_diff": float((difference / np.maximum(np.abs(b), np.finfo(np.float64).tiny)).max(initial=0.0)),
+            "worst_vs_tolerance": float((difference / (CPU_CUDA_RTOL * np.abs(b) + CPU_CUDA_ATOL)).max(initial=0.0)),
+        }
+
+    result = {
+        "device": str(tested.device),
+        "reference_device": str(reference.device),
+        "assets": len(histories),
+        "rows": int(sum(len(X) for X in histories)),
+        "micro_batch": tested.micro_batch,
+        "scores": compare(np.concatenate([s for s, _ in got]), np.concatenate([s for s, _ in want])),
+        "contributions": compare(np.concatenate([c for _, c in got]), np.concatenate([c for _, c in want])),
+    }
+    result["within_tolerance"] = result["scores"]["worst_vs_tolerance"] <= 1.0  # the claim is about scores, as in reference_check
+    return result
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -260,11 +311,20 @@ def main(argv: list[str] | None = None) -> dict:
                 log(f"timing on {device.type}...")
                 measured[device.type] = bench_device(device, model_path, args, batches, log)
 
-            device_check = None
+            device_check = history_device_check = None
             if use_cuda:
                 check_rows = synthetic_plant(4096, args.features, seed=args.seed + 2, fault=(2000, 2100))
                 check_rows[::53, 1 % args.features] = np.nan
                 device_check = reference_check(model_path, sliding_sequences(check_rows, args.sequence_length), device="cuda", reference_device="cpu")
+                # Histories of several assets (one shorter than a sequence, one of a
+                # single row), micro-batches shared between them, rows sent in pieces.
+                histories = [
+                    check_rows,
+                    synthetic_plant(5, args.features, seed=args.seed + 3),
+                    synthetic_plant(1, args.features, seed=args.seed + 4),
+                    synthetic_plant(20_000, args.features, seed=args.seed + 5, fault=(9000, 9100)),
+                ]
+                history_device_check = history_check(model_path, histories, device="cuda", reference_device="cpu", micro_batch=1000)
 
         rows = []
         for batch in batches:
@@ -288,6 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
             "reference_fit": {"device": train_device, "windows": n_rows, "seconds": fit_seconds, "loss_per_epoch": trainer.history},
             "results": rows,
             "cpu_vs_cuda": device_check,
+            "cpu_vs_cuda_histories": history_device_check,
             "tolerance": {"rtol": CPU_CUDA_RTOL, "atol": CPU_CUDA_ATOL},
             "wall_s": time.perf_counter() - started,
         }
@@ -302,6 +363,13 @@ def main(argv: list[str] | None = None) -> dict:
                 f"CPU vs CUDA, one CUDA-trained model, {device_check['sequences']} sequences: max relative score difference "
                 f"{scores['max_rel_diff']:.2e}, max absolute {scores['max_abs_diff']:.2e} "
                 f"({verdict} the claimed {CPU_CUDA_RTOL:g} relative + {CPU_CUDA_ATOL:g} absolute; worst ratio to it {scores['worst_vs_tolerance']:.3f})"
+            )
+        if history_device_check:
+            verdict = "within" if history_device_check["within_tolerance"] else "OUTSIDE"
+            log(
+                f"CPU vs CUDA, histories of {history_device_check['assets']} assets, {history_device_check['rows']} rows: max relative score "
+                f"difference {history_device_check['scores']['max_rel_diff']:.2e} ({verdict} the claimed tolerance; worst ratio to it "
+                f"{history_device_check['scores']['worst_vs_tolerance']:.3f}, contributions {history_device_check['contributions']['worst_vs_tolerance']:.3f})"
             )
         print(format_table(rows, machine), flush=True)
         return report

@@ -283,8 +283,12 @@ def test_isolation_forest_scores_are_scikit_learns():
     X = np.vstack([plant()["held_out"], plant()["bearing_fault"]])
     X[::7, 2] = np.nan
     detector = model.detector
-    expected = -detector.forest.score_samples(detector.scaler.transform(X))
-    np.testing.assert_allclose(detector.score(X), expected, rtol=1e-12, atol=0)
+    scaled = detector.scaler.transform(X)
+    per_forest = np.stack([-forest.score_samples(scaled[:, columns]) for forest, columns in zip(detector.forest, detector.groups)], axis=1)
+    np.testing.assert_allclose(detector.forest_scores(X), per_forest, rtol=1e-12, atol=0)
+    expected = np.max((per_forest - detector.center) / detector.spread, axis=1) + detector.envelope_excess(scaled)
+    np.testing.assert_allclose(detector.score(X), expected, rtol=1e-9)
+    assert len(detector.forest) == 1 + len({name.rpartition(".")[0] for name in detector.feature_names})
 
 
 # --------------------------------------------------------------------------- scaling, attribution, examples

@@ -260,6 +260,130 @@ def test_score_sequences_does_not_depend_on_micro_batch(trained, faulty):
         trained.micro_batch = saved
 
 
+@pytest.fixture
+def micro_batch(trained):
+    """Set ``trained.micro_batch`` inside a test; restored after."""
+    saved = trained.micro_batch
+
+    def set_to(value: int) -> None:
+        trained.micro_batch = value
+
+    yield set_to
+    trained.micro_batch = saved
+
+
+def awkward(faulty: np.ndarray) -> np.ndarray:
+    """The faulty history with gaps, a row with nothing observed and +-inf."""
+    X = faulty.copy()
+    X[10:20, FLOW] = np.nan
+    X[25] = np.nan
+    X[40, 0], X[41, 2] = np.inf, -np.inf
+    return X
+
+
+def test_score_of_a_history_is_bit_identical_to_scoring_its_sliding_sequences(trained, faulty, micro_batch):
+    """score(X) gathers the sequences from the rows by index instead of materialising
+    them on the host: the model must see exactly the same input."""
+    X = awkward(faulty)
+    T = trained.sequence_length
+    for size in (1, 3, 64, 599, 1024):  # 599: the last micro-batch holds one sequence
+        micro_batch(size)
+        expected = trained.score_sequences(sliding_sequences(X, T))
+        scores, contributions = trained.score_and_contributions(X)
+        np.testing.assert_array_equal(scores, expected[0])
+        np.testing.assert_array_equal(contributions, expected[1])
+    micro_batch(1024)
+    for n in (1, 2, T - 1, T, T + 1):  # shorter than a sequence, and just longer
+        np.testing.assert_array_equal(trained.score(X[:n]), trained.score_sequences(sliding_sequences(X[:n], T))[0])
+
+
+def test_score_histories_shares_micro_batches_without_crossing_assets(trained, faulty, micro_batch):
+    T = trained.sequence_length
+    assets = [awkward(faulty), plant(5, seed=7), np.empty((0, len(NAMES))), plant(1, seed=8), plant(300, seed=9)]
+    for size in (1, 7, 64, 1024):
+        micro_batch(size)
+        results = trained.score_histories(assets)
+        assert len(results) == len(assets)
+        # Exactly the sequences of each asset on its own, padded with its own first
+        # row, run in micro-batches over all assets one after the other.
+        expected = trained.score_sequences(np.concatenate([sliding_sequences(X, T) for X in assets]))
+        np.testing.assert_array_equal(np.concatenate([s for s, _ in results]), expected[0])
+        np.testing.assert_array_equal(np.concatenate([c for _, c in results]), expected[1])
+        for X, (scores, contributions) in zip(assets, results):
+            assert scores.shape == (len(X),) and contributions.shape == (len(X), len(NAMES))
+            # The same as the asset scored alone, up to float32 rounding of a
+            # different micro-batch (bit-identical on the CPUs we run on).
+            alone = trained.score_and_contributions(X)
+            np.testing.assert_allclose(scores, alone[0], rtol=1e-6, atol=0)
+            np.testing.assert_allclose(contributions, alone[1], rtol=1e-6, atol=1e-12)
+    assert trained.score_histories([]) == []
+    with pytest.raises(DetectorError, match="align columns with the model's feature_names"):
+        trained.score_histories([faulty, np.zeros((5, 3))])
+
+
+def test_score_sequences_reads_any_layout_and_dtype_without_copying_or_changing_it(trained, faulty, micro_batch):
+    micro_batch(64)
+    view = sliding_sequences(awkward(faulty), trained.sequence_length)  # read-only, not contiguous
+    contiguous = np.ascontiguousarray(view)
+    reference = trained.score_sequences(contiguous)
+    before = contiguous.copy()
+    for sequences in (view, contiguous, np.asfortranarray(contiguous), contiguous[::-1][::-1]):
+        result = trained.score_sequences(sequences)
+        np.testing.assert_array_equal(result[0], reference[0])
+        np.testing.assert_array_equal(result[1], reference[1])
+    np.testing.assert_array_equal(contiguous, before)
+    # float32 input is widened to float64 first, exactly as np.asarray(..., float64) would.
+    single = contiguous.astype(np.float32)
+    np.testing.assert_array_equal(trained.score_sequences(single)[0], trained.score_sequences(single.astype(np.float64))[0])
+    assert trained.score_sequences(contiguous[:0])[0].shape == (0,)
+
+
+def test_the_cuda_code_path_run_on_the_cpu_gives_the_same_bits(trained, faulty, micro_batch, monkeypatch):
+    """The CUDA branches (pinned staging buffers used in turn, segments of results
+    copied back at once) run here with plain memory and no-op events, with tiny
+    buffers and segments so every boundary is crossed: the bookkeeping must give
+    exactly what the CPU path gives. On a real GPU, only float32 rounding differs
+    (test_a_model_trained_on_cuda_scores_the_same_on_the_cpu, edgewatch.bench_gpu)."""
+    import detectors.lstm_autoencoder as module
+
+    X = awkward(faulty)
+    T = trained.sequence_length
+    assets = [X, plant(5, seed=7), np.empty((0, len(NAMES))), plant(1, seed=8), plant(40, seed=9)]
+    view = sliding_sequences(X, T)
+    expected = {}
+    for size in (1, 3, 64):
+        micro_batch(size)
+        expected[size] = (trained.score_and_contributions(X), trained.score_histories(assets), trained.score_sequences(view))
+
+    class Event:
+        def synchronize(self):
+            pass
+
+        def record(self):
+            pass
+
+    pinned = []
+    monkeypatch.setattr(module, "_new_event", Event)
+    monkeypatch.setattr(module, "_pinned_empty", lambda size: pinned.append(size) or torch.empty(size, dtype=torch.float64))
+    monkeypatch.setattr(module, "STAGING_VALUES", 3 * T * len(NAMES) + 5)  # 3 sequences, or 3T rows and a bit
+    monkeypatch.setattr(module, "CUDA_SEGMENT_SEQUENCES", 100)
+    monkeypatch.setattr(LstmAutoencoderDetector, "_cuda", property(lambda self: True))
+    try:
+        for size in (1, 3, 64):
+            micro_batch(size)
+            history, histories, sequences = expected[size]
+            for got, want in zip(trained.score_and_contributions(X), history):
+                np.testing.assert_array_equal(got, want)
+            for (got_s, got_c), (want_s, want_c) in zip(trained.score_histories(assets), histories):
+                np.testing.assert_array_equal(got_s, want_s)
+                np.testing.assert_array_equal(got_c, want_c)
+            for got, want in zip(trained.score_sequences(view), sequences):
+                np.testing.assert_array_equal(got, want)
+        assert len(pinned) == 2  # two staging buffers, allocated once and reused
+    finally:
+        trained._staging, trained._staging_next = [], 0
+
+
 def test_save_and_load_give_the_same_scores(trained, faulty, tmp_path):
     path = tmp_path / "lstm.pt"
     trained.save(path)
@@ -304,6 +428,10 @@ def test_reference_check_compares_two_devices(trained, faulty, tmp_path):
     trained.save(path)
     result = reference_check(path, sliding_sequences(faulty, 8), device="cpu", reference_device="cpu")
     assert result["within_tolerance"] and result["scores"]["max_abs_diff"] == 0.0
+    from edgewatch.bench_gpu import history_check
+
+    result = history_check(path, [faulty, plant(3, seed=1)], device="cpu", reference_device="cpu", micro_batch=100)
+    assert result["within_tolerance"] and result["scores"]["max_abs_diff"] == 0.0 and result["rows"] == 603
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
