@@ -115,6 +115,8 @@ path hands the model the same float32 tensor for the same sequences, bit for bit
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import os
 import platform
@@ -389,6 +391,7 @@ class LstmAutoencoderDetector(Detector):
         self._scaler_cache: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
         #: CPU work tensors reused between scoring calls (see _host_buffer).
         self._buffers: dict[str, torch.Tensor] = {}
+        self._views: dict[tuple, torch.Tensor] = {}
         #: CUDA: two [pinned host buffer, event] slots used in turn by _upload.
         self._staging: list[list] = []
         self._staging_next = 0
@@ -517,55 +520,65 @@ class LstmAutoencoderDetector(Detector):
 
     def _score_histories(self, matrices: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         T, d = self.sequence_length, len(self.feature_names)
+        cuda = self._cuda
         lengths = [int(X.shape[0]) for X in matrices]
-        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
-        total = int(offsets[-1])
+        offsets = [0, *itertools.accumulate(lengths)]
+        total = offsets[-1]
         scores = np.empty(total, dtype=np.float64)
         contributions = np.empty((total, d), dtype=np.float64)
         segment = self._segment_length()
+        # Step k of the sequence ending at buffer row e is row e - (T - 1) + k,
+        # floored at its asset's first row: the padding by repetition.
+        steps = np.arange(1 - T, 1, dtype=np.int64)
         with torch.inference_mode(), exact_float32(self.device):
-            # Step k of the sequence ending at buffer row e is row e - (T - 1) + k,
-            # floored at its asset's first row (the padding by repetition).
-            step_offsets = torch.arange(1 - T, 1, device=self.device)
-            results = _Results(scores, contributions, self.device, self._cuda)
+            if cuda:
+                steps_on_device = torch.arange(1 - T, 1, device=self.device)
+            results = _Results(scores, contributions, self.device, cuda)
             for first in range(0, total, segment):
                 last = min(first + segment, total)
                 # The rows this segment needs: for each asset it touches, from
                 # T - 1 rows before its first sequence here (or the asset's first
                 # row) to its last; they sit one after the other in one buffer.
                 pieces, ends, floors, n_rows = [], [], [], 0
-                asset = int(np.searchsorted(offsets, first, side="right")) - 1
+                asset = bisect.bisect_right(offsets, first) - 1
                 while asset < len(matrices) and offsets[asset] < last:
-                    begin = max(first - int(offsets[asset]), 0)
-                    stop = min(last - int(offsets[asset]), lengths[asset])
+                    begin, stop = max(first - offsets[asset], 0), min(last - offsets[asset], lengths[asset])
                     if stop > begin:
                         low = max(begin - (T - 1), 0)
                         pieces.append((matrices[asset][low:stop], n_rows))
-                        ends.append(np.arange(begin, stop, dtype=np.int64) + (n_rows - low))
+                        ends.append(np.arange(begin + n_rows - low, stop + n_rows - low, dtype=np.int64))
                         # Below the buffer's first row when low > 0: then it never binds.
                         floors.append(np.full(stop - begin, n_rows - low, dtype=np.int64))
                         n_rows += stop - low
                     asset += 1
-                # The small index arrays first: a plain host-to-device copy waits for
-                # the stream, so it must not queue behind the rows' async transfer.
-                ends_t = torch.from_numpy(np.concatenate(ends)).to(self.device)
-                floors_t = torch.from_numpy(np.concatenate(floors)).to(self.device)
+                ends, floors = np.concatenate(ends), np.concatenate(floors)
+                if cuda:
+                    # The small index arrays first, in one transfer: a plain
+                    # host-to-device copy waits for the stream, so it must not
+                    # queue behind the rows' asynchronous transfer.
+                    ends_on_device, floors_on_device = torch.from_numpy(np.stack([ends, floors])).to(self.device)
                 rows, observed = self._scaled_rows(pieces, n_rows)
                 results.open(first, last)
                 for start in range(0, last - first, self.micro_batch):
-                    end, floor = ends_t[start : start + self.micro_batch], floors_t[start : start + self.micro_batch]
-                    n = end.shape[0]
-                    if n == 1:  # a micro-batch of one is doubled: see _forward_scaled
-                        end, floor = end.repeat(2), floor.repeat(2)
-                    index = torch.maximum(end[:, None] + step_offsets, floor[:, None])
-                    if self._cuda:
-                        batch = rows[index]
+                    stop = min(start + self.micro_batch, last - first)
+                    n = stop - start
+                    if cuda:
+                        end, floor = ends_on_device[start:stop], floors_on_device[start:stop]
+                        if n == 1:  # a micro-batch of one is doubled: see _forward_scaled
+                            end, floor = end.expand(2), floor.expand(2)
+                        batch = rows[torch.maximum(end[:, None] + steps_on_device, floor[:, None])]
+                        last_observed = observed[end]
                     else:
+                        end, floor = ends[start:stop], floors[start:stop]
+                        if n == 1:  # see _forward_scaled
+                            end, floor = end.repeat(2), floor.repeat(2)
+                        index = np.maximum(end[:, None] + steps, floor[:, None])
                         # Into a reused buffer: a fresh tensor this size costs more
                         # in page faults than the gather itself.
-                        batch = self._host_buffer("batch", (index.shape[0], T, d), torch.float32)
-                        torch.index_select(rows, 0, index.reshape(-1), out=batch.view(-1, d))
-                    results.put(start, n, *self._forward_scaled(batch, observed[end].float()))
+                        batch = self._host_buffer("batch", (len(end), T, d), torch.float32)
+                        torch.index_select(rows, 0, torch.from_numpy(index.reshape(-1)), out=batch.view(-1, d))
+                        last_observed = observed[torch.from_numpy(end)]
+                    results.put(start, n, *self._forward_scaled(batch, last_observed.float()))
                 results.close()
         return [(scores[a:b], contributions[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
 
@@ -592,27 +605,24 @@ class LstmAutoencoderDetector(Detector):
         cuda = self._cuda
         segment = self._segment_length()
         with torch.inference_mode(), exact_float32(self.device):
-            results = _Results(scores, contributions, self.device, self._cuda)
+            results = _Results(scores, contributions, self.device, cuda)
             for first in range(0, b, segment):
                 last = min(first + segment, b)
                 results.open(first, last)
                 for start in range(first, last, self.micro_batch):
                     chunk = sequences[start : min(start + self.micro_batch, last)]
                     n = chunk.shape[0]
+                    if n == 1:  # a micro-batch of one is doubled: see _forward_scaled
+                        chunk = np.concatenate([chunk, chunk])
                     if cuda:
-                        raw = torch.empty((n, T, d), dtype=torch.float64, device=self.device)
+                        raw = torch.empty(chunk.shape, dtype=torch.float64, device=self.device)
                         self._upload([(chunk, raw)])
                         observed = self._scale_(raw, last_step=True)
                         batch = raw.float()
-                        if n == 1:  # see _forward_scaled
-                            batch, observed = batch.repeat(2, 1, 1), observed.repeat(2, 1)
                     else:
-                        m = max(n, 2)
-                        batch = self._host_buffer("batch", (m, T, d), torch.float32)
-                        observed = self._host_buffer("observed_last", (m, d), torch.bool)
-                        self._scale_host(chunk, batch[:n], observed[:n], last_step=True)
-                        if n == 1:  # see _forward_scaled
-                            batch[1], observed[1] = batch[0], observed[0]
+                        batch = self._host_buffer("batch", chunk.shape, torch.float32)
+                        observed = self._host_buffer("observed_last", (chunk.shape[0], d), torch.bool)
+                        self._scale_host(chunk, batch, observed, last_step=True)
                     results.put(start - first, n, *self._forward_scaled(batch, observed.float()))
                 results.close()
         return scores, contributions
@@ -640,19 +650,21 @@ class LstmAutoencoderDetector(Detector):
 
         Done in float64 on the device: a feature with a large offset and a small
         spread (a counter, a 1e5 rpm speed) would lose its variation if the
-        subtraction ran in float32.
+        subtraction ran in float32. Every scoring path applies exactly these
+        element-wise operations (``_scale_``, in place), so the same bits.
         """
         values = raw.to(dtype=torch.float64, copy=True)
         observed = self._scale_(values)
         return values.float(), observed.float()
 
-    def _scale_(self, values: torch.Tensor, last_step: bool = False) -> torch.Tensor:
+    def _scale_(self, values: torch.Tensor, last_step: bool = False, observed: torch.Tensor | None = None) -> torch.Tensor:
         """Scale raw float64 ``values`` in place (NaN -> 0, clipped); returns the
-        observed mask (bool), of the last step only when ``last_step`` (sequences).
-        Element by element the same operations as ``_scale``, so the same bits."""
+        observed mask (bool; written into ``observed`` when given), of the last
+        step only when ``last_step`` (sequences)."""
         center, spread = self._scaler_on(values.device)
         values.sub_(center).div_(spread)
-        observed = ~torch.isnan(values[:, -1] if last_step else values)
+        checked = values[:, -1] if last_step else values
+        observed = torch.eq(checked, checked, out=observed) if observed is not None else checked == checked  # False for NaN only
         values.nan_to_num_(nan=0.0).clamp_(-CLIP_SCALED, CLIP_SCALED)
         return observed
 
@@ -702,29 +714,35 @@ class LstmAutoencoderDetector(Detector):
         """CPU: scale ``source`` (k, ...) into ``scaled`` (float32) and ``observed``
         (bool) block by block, through one small float64 buffer that stays in
         cache: the float64 copy of the whole input is never made."""
-        if source.shape[0] == 0:
-            return
-        shape = source.shape[1:]
-        per_item = math.prod(shape)
-        block = max(1, min(source.shape[0], HOST_BLOCK_VALUES // per_item))
-        work = self._host_buffer("block", (block * per_item,), torch.float64)
-        for a in range(0, source.shape[0], block):
+        k = source.shape[0]
+        block = max(1, HOST_BLOCK_VALUES // math.prod(source.shape[1:]))
+        for a in range(0, k, block):
             part = source[a : a + block]
-            values = work[: part.shape[0] * per_item].view(part.shape)
+            values = self._host_buffer("block", part.shape, torch.float64)
             np.copyto(values.numpy(), part, casting="unsafe")
-            observed[a : a + part.shape[0]] = self._scale_(values, last_step)
-            scaled[a : a + part.shape[0]] = values
+            if part.shape[0] == k:  # one block: no slicing (a live score of a few assets)
+                self._scale_(values, last_step, observed)
+                scaled.copy_(values)
+            else:
+                self._scale_(values, last_step, observed[a : a + part.shape[0]])
+                scaled[a : a + part.shape[0]].copy_(values)
 
     def _host_buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A CPU work tensor of ``shape``, reused between calls: a fresh one of tens
         of MB costs more in page faults than the work done in it. The buffers only
         grow; together they hold about one micro-batch of float32 sequences."""
-        size = math.prod(shape)
-        buffer = self._buffers.get(name)
-        if buffer is None or buffer.dtype != dtype or buffer.numel() < size:
-            buffer = torch.empty(size, dtype=dtype)
-            self._buffers[name] = buffer
-        return buffer[:size].view(shape)
+        key = (name, shape, dtype)
+        view = self._views.get(key)
+        if view is None:
+            size = math.prod(shape)
+            buffer = self._buffers.get(name)
+            if buffer is None or buffer.dtype != dtype or buffer.numel() < size:
+                buffer = self._buffers[name] = torch.empty(size, dtype=dtype)
+                self._views = {}  # views of a replaced buffer must not be handed out again
+            if len(self._views) >= 64:  # many shapes (last micro-batches of odd sizes): start over
+                self._views = {}
+            view = self._views[key] = buffer[:size].view(shape)
+        return view
 
     def _upload(self, pairs: list[tuple[np.ndarray, torch.Tensor]]) -> None:
         """CUDA: copy each host array into its device tensor of the same shape through
@@ -854,9 +872,8 @@ class _Results:
     synchronisation per segment, not one per micro-batch)."""
 
     def __init__(self, scores: np.ndarray, contributions: np.ndarray, device: torch.device, cuda: bool):
-        self.scores, self.contributions = torch.from_numpy(scores), torch.from_numpy(contributions)
-        self.cuda = cuda
-        self.device = device
+        self.scores, self.contributions = scores, contributions
+        self.device, self.cuda = device, cuda
         self.first = self.last = 0
 
     def open(self, first: int, last: int) -> None:
@@ -864,18 +881,23 @@ class _Results:
         if self.cuda:
             self.segment_scores = torch.empty(last - first, dtype=torch.float64, device=self.device)
             self.segment_contributions = torch.empty((last - first, self.contributions.shape[1]), dtype=torch.float64, device=self.device)
-        else:
-            self.segment_scores, self.segment_contributions = self.scores[first:last], self.contributions[first:last]
 
     def put(self, start: int, n: int, scores: torch.Tensor, squared: torch.Tensor) -> None:
         """Results of a micro-batch at ``start`` in the segment (its first ``n`` rows are real)."""
-        self.segment_scores[start : start + n] = scores[:n]
-        self.segment_contributions[start : start + n] = squared[:n]
+        if scores.shape[0] != n:
+            scores, squared = scores[:n], squared[:n]
+        if self.cuda:
+            self.segment_scores[start : start + n] = scores
+            self.segment_contributions[start : start + n] = squared
+        else:
+            at = self.first + start
+            self.scores[at : at + n] = scores.numpy()
+            self.contributions[at : at + n] = squared.numpy()
 
     def close(self) -> None:
-        if self.cuda:
-            self.scores[self.first : self.last] = self.segment_scores
-            self.contributions[self.first : self.last] = self.segment_contributions
+        if self.cuda:  # straight into the output arrays (waits for the segment)
+            torch.from_numpy(self.scores[self.first : self.last]).copy_(self.segment_scores)
+            torch.from_numpy(self.contributions[self.first : self.last]).copy_(self.segment_contributions)
 
 
 # -- CPU vs CUDA -------------------------------------------------------------------------

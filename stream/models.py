@@ -86,6 +86,11 @@ def load_catalog(config: ServiceConfig, registry_dir: str | None = None) -> Mode
 
 def _place_on_device(detector, config: ServiceConfig) -> None:
     """Move a loaded LSTM autoencoder to the configured device (auto: CUDA when present)."""
+    from detectors.lstm_autoencoder import resolve_device
+
     settings = config.detectors.lstm_autoencoder
-    detector.to_device(settings.device)
+    device = resolve_device(settings.device)
+    detector.device = device
+    detector.model = detector.model.to(device)
+    detector._scaler_cache = None  # center/spread tensors live on the old device
     detector.micro_batch = settings.micro_batch

@@ -9,7 +9,12 @@ import uuid
 
 import pytest
 
+from pathlib import Path
+
 from stream.config import ServiceConfig, parse_config
+
+#: the sample plant shipped in config/ (what the demo and the docs use)
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "plant.yaml"
 
 PLANT = {
     "assets": [
