@@ -229,9 +229,9 @@ class LocalKafka:
         classpath = f"{libs}/*"
         log4j = f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.yaml'}"
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            cluster_id = _kafka_uuid()
+            cluster_id = _kafka_uuid()  # may start with "-": passed as --cluster-id=ID so it is not read as an option
             fmt = subprocess.run(
-                [java, log4j, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                [java, log4j, "-cp", classpath, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)],
                 capture_output=True,
                 text=True,
             )

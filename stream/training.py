@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 TRAINED_DETECTORS = ("isolation_forest", "lstm_autoencoder")
 #: fewer normal windows than this at a scale cannot fit and calibrate a model there
-MIN_WINDOWS = 40
+MIN_WINDOWS = 120  # 25 % of them calibrate, and calibration needs at least 30
 
 
 class TrainingError(ValueError):
