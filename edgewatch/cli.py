@@ -174,6 +174,30 @@ def bench_connectors(
     run_connector_bench(items, devices, registers, seconds, output, console)
 
 
+@app.command("bench-analytics")
+@user_errors
+def bench_analytics(
+    quick: bool = typer.Option(False, "--quick", help="Shorter runs (a smoke test; figures are noisier)."),
+    output: Path = typer.Option(REPO / "BENCHMARKS.md", help="Where the figures are written (a section is replaced)."),
+) -> None:
+    """Fast-rule latency, window/feature throughput and detector throughput (no Kafka)."""
+    from edgewatch.bench_analytics import run_analytics
+
+    run_analytics(output, console, quick=quick)
+
+
+@app.command("bench-gpu")
+@user_errors
+def bench_gpu_report(
+    results: Path = typer.Argument(..., help="The JSON written by `python -m edgewatch.bench_gpu --out FILE` on the GPU machine."),
+    output: Path = typer.Option(REPO / "BENCHMARKS.md", help="Where the figures are written (a section is replaced)."),
+) -> None:
+    """Write the LSTM autoencoder GPU-vs-CPU figures of a bench_gpu run into BENCHMARKS.md."""
+    from edgewatch.bench_analytics import write_gpu_section
+
+    write_gpu_section(results, output, console)
+
+
 # ----------------------------------------------------------------------------- kafka
 
 DataDirOption = typer.Option(DEFAULT_KAFKA_DIR, "--data-dir", help="Broker storage, config, log and pid file.")
