@@ -57,7 +57,7 @@ def load_catalog(config: ServiceConfig, registry_dir: str | None = None) -> Mode
                 log.info("loaded %s v%d for %s", detector, cache[key].version, target)
             except ModelNotFound:
                 cache[key] = None
-            except (RegistryError, OSError, ValueError) as exc:
+            except (RegistryError, OSError, ValueError, ImportError) as exc:  # ImportError: torch not installed
                 cache[key] = None
                 catalog.refused[key] = str(exc)
                 log.error("refused the %s model of %s: %s", detector, target, exc)

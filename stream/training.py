@@ -178,6 +178,10 @@ def train(
     wanted = list(detectors) if detectors else [
         name for name in TRAINED_DETECTORS if getattr(config.detectors, name).enabled
     ]
+    if not detectors and "lstm_autoencoder" in wanted and not _torch_available():
+        # An edge image without torch (the Dockerfile leaves it out) still trains the rest.
+        log.warning("torch is not installed: the LSTM autoencoder is not trained (pip install 'edgewatch[torch]')")
+        wanted.remove("lstm_autoencoder")
     for name in wanted:
         if name not in TRAINED_DETECTORS:
             raise TrainingError(f"unknown detector {name!r}; trainable detectors: {', '.join(TRAINED_DETECTORS)}")
@@ -250,6 +254,12 @@ def train(
         )
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _torch_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def _concat_in_time(matrices: list[np.ndarray]) -> np.ndarray:
