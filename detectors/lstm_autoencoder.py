@@ -92,8 +92,9 @@ matter to it.
 
 Host memory and transfers
 -------------------------
-Scoring is bounded by host memory traffic long before the GPU (or even one CPU
-core) runs out of arithmetic, so the data is moved as little as possible:
+Scoring from host arrays on CUDA is bounded by host memory traffic, not by the
+GPU; on the CPU, fresh tensors of tens of MB cost as much in page faults as the
+scaling done in them. So the data is moved and allocated as little as possible:
 
 * histories (``score``, ``score_histories``) go to the device as rows, each row
   once, and are scaled there once; sequences are gathered on the device by index

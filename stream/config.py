@@ -260,9 +260,10 @@ class RuleSwitch(_Section):
 
 class BadQualityRuleSettings(_Section):
     enabled: bool = True
-    #: a tag must read Bad (or Uncertain) this long, in event time, before it alerts;
-    #: 0 alerts at the first Bad sample.
-    after_s: float = Field(0.0, ge=0)
+    #: a tag must read Bad this long, in event time, before it alerts (Uncertain does not
+    #: count); 0 alerts at the first Bad sample. The default rides out a connection that
+    #: comes up a few seconds after the connector (one Bad sample per tag at start).
+    after_s: float = Field(5.0, ge=0)
 
 
 class RuleSettings(_Section):

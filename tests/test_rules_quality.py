@@ -53,7 +53,7 @@ def test_a_shorter_bad_stretch_raises_nothing():
 
 
 def test_after_s_zero_raises_at_the_first_bad_sample():
-    alerts = Worker(plant(FLOW)).send(flow([100, NAN, 100], 0, [0, QUALITY_BAD, 0]))
+    alerts = Worker(plant(FLOW, rules={"bad_quality": {"after_s": 0}})).send(flow([100, NAN, 100], 0, [0, QUALITY_BAD, 0]))
     assert brief(alerts) == [("bad_quality", "bad_quality", "active", 0.5), ("bad_quality", "bad_quality", "cleared", 1.0)]
     assert alerts[0]["tag"]["observed"] == 0.0
 
