@@ -72,6 +72,45 @@ def _squash(z: np.ndarray) -> np.ndarray:
     return unit
 
 
+#: empty trees per (features, trees, height, seed): see _plant_trees
+_TREE_TEMPLATES: dict[tuple[int, int, int, int], list] = {}
+
+
+def _plant_trees(model, n_features: int) -> None:
+    """Give a new river HalfSpaceTrees its (empty) trees from a cached template.
+
+    river builds the trees at the first ``learn_one``, and for ~300 features that
+    takes about half a second (one pass over every feature's limits per node):
+    measured as a 0.5-2 s stall of the worker at every asset's first window, for
+    each asset and scale. The trees are random cuts of [0, 1]^d that depend only
+    on the feature count, the size and the seed, so every asset can start from a
+    copy of the same empty trees (each keeps its own masses). This mirrors
+    river 0.26's own construction in ``HalfSpaceTrees.learn_one``; recheck it when
+    the pin moves (tests compare the scores with river's own lazy build).
+    """
+    import copy
+
+    from river.tree.padded import make_padded_tree
+
+    key = (n_features, model.n_trees, model.height, model.seed)
+    template = _TREE_TEMPLATES.get(key)
+    if template is None:
+        template = [
+            make_padded_tree(
+                limits={i: model.limits[i] for i in range(n_features)},
+                height=model.height,
+                padding=0.15,
+                rng=model.rng,
+                r_mass=0,
+                l_mass=0,
+            )
+            for _ in range(model.n_trees)
+        ]
+        _TREE_TEMPLATES[key] = template
+    model.trees = copy.deepcopy(template)
+    model._tree_nodes = [list(t.iter_dfs()) for t in model.trees]
+
+
 class HalfSpaceTreesDetector(Detector):
     """river HalfSpaceTrees on running-standardised, logistic-squashed features.
 
@@ -106,6 +145,7 @@ class HalfSpaceTreesDetector(Detector):
         self.feature_names = names
         self.moments = RunningMoments(len(names))
         self.model = HalfSpaceTrees(n_trees=self.n_trees, height=self.height, window_size=self.window_size, seed=self.seed)
+        _plant_trees(self.model, len(names))
         self.learned = 0
         # Integer keys: cheaper to hash than names, and river sorts them the same way every time.
         self._keys = list(range(len(names)))

@@ -73,6 +73,8 @@ class Outputs:
     scores: list[dict] = field(default_factory=list)
     #: (asset_id, stream.detection.WindowResult) per closed window, when the pipeline keeps them (training)
     windows: list = field(default_factory=list)
+    #: stream 2 still to run for this batch (Pipeline.detect), when the pipeline defers it
+    _stream2: tuple | None = field(default=None, repr=False)
 
     def apply_state(self, store: MutableMapping[str, dict]) -> None:
         if self.state is not None:
@@ -116,6 +118,8 @@ class Pipeline:
     and features only, kept as matrices: training), or "off" (fast rules only).
     ``models``: the trained models (stream.models.ModelCatalog); None: the
     online detector alone. ``assets``: limit the pipeline to these asset ids.
+    ``defer_detection``: ``process`` runs the fast rules only; the driver calls
+    ``detect(outputs)`` once the alerts are sent.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class Pipeline:
         detection: str = "full",
         models=None,
         assets: list[str] | None = None,
+        defer_detection: bool = False,
     ):
         if detection not in ("full", "features", "off"):
             raise ValueError(f"detection must be full, features or off, got {detection!r}")
@@ -135,6 +140,7 @@ class Pipeline:
         self.max_future_check = max_future_check
         self.max_future_us = int(config.worker.max_future_s * 1e6)
         self.keep_windows = detection == "features"
+        self.defer_detection = defer_detection
         spec = FeatureSpec(config.features)
         micro_batch = config.detectors.lstm_autoencoder.micro_batch
         self.sequences = SequenceQueue(micro_batch) if detection == "full" else None
@@ -198,15 +204,30 @@ class Pipeline:
             alerts=messages, asset_id=batch.asset_id, samples=len(batch), state=None if new_state is state else new_state
         )
         if asset.detection is not None:
-            # Stream 2 after the fast rules' evidence is out. A failure here is a
-            # bug in a detector, not bad input: the alerts above still go out and
-            # the batch is not parked (its readings were fine); the error is logged.
-            try:
-                detected = asset.detection.process(batch.ts_us, tag_position, batch.value, is_good(batch.quality), batch.replayed)
-            except Exception:
-                log.exception("windows/detectors failed for asset %s at %s", batch.asset_id, source)
-            else:
-                self._collect(outputs, asset, detected)
+            outputs._stream2 = (asset, batch, tag_position, source)
+            if not self.defer_detection:
+                self.detect(outputs)
+        return outputs
+
+    def detect(self, outputs: Outputs) -> Outputs:
+        """Stream 2 for a processed batch: windows, features, detectors.
+
+        Runs inside ``process`` unless the pipeline defers it; the worker defers it
+        so that the fast rules' evidence is in Kafka before stream 2 spends its
+        time (reading-to-evidence latency must not include a window closing). A
+        failure here is a bug in a detector, not bad input: the alerts still go
+        out and the batch is not parked (its readings were fine); it is logged.
+        """
+        pending, outputs._stream2 = outputs._stream2, None
+        if pending is None:
+            return outputs
+        asset, batch, tag_position, source = pending
+        try:
+            detected = asset.detection.process(batch.ts_us, tag_position, batch.value, is_good(batch.quality), batch.replayed)
+        except Exception:
+            log.exception("windows/detectors failed for asset %s at %s", batch.asset_id, source)
+        else:
+            self._collect(outputs, asset, detected)
         return outputs
 
     def _collect(self, outputs: Outputs, asset: "AssetPipeline", detected) -> None:

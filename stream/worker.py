@@ -67,7 +67,7 @@ def create_app(config: ServiceConfig) -> faust.App:
     scores = app.topic(topics.scores, key_serializer="raw", value_serializer="raw")
     # Keys and values of the state table are JSON (the app-wide serializers above); topics set raw explicitly.
     state = app.Table("asset-state", default=dict, partitions=kafka.partitions)
-    pipeline = Pipeline(config, models=load_catalog(config))
+    pipeline = Pipeline(config, models=load_catalog(config), defer_detection=True)
     counters = {"messages": 0, "samples": 0, "alerts": 0, "deadletters": 0, "windows": 0, "scores": 0}
     # LSTM sequences wait in the pipeline's queue so that many assets share one
     # forward pass; they are scored when the queue is full (inside process), when
@@ -110,6 +110,8 @@ def create_app(config: ServiceConfig) -> faust.App:
                 # crash in between would restore "active" and the replay stay silent.
                 await asyncio.gather(*sent)
             outputs.apply_state(state)
+            # Stream 2 once the fast rules' evidence is out (it may close windows and score them).
+            pipeline.detect(outputs)
             if outputs.features or outputs.scores:
                 await send_analytics(outputs.features, outputs.scores)
             await flush_sequences(force=False)

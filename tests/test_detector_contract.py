@@ -334,3 +334,16 @@ def test_top_contributions_group_by_tag_with_shares_summing_to_one():
     assert top[2]["value"] is None, "a missing value is reported as None"
     shares = TagGroups(names).shares(np.array([[0.0, 0.0, 0.0, 0.0], [np.nan, 1.0, -1.0, 1.0]]))
     np.testing.assert_allclose(shares, [[1 / 3, 1 / 3, 1 / 3], [0.5, 0.0, 0.5]])
+
+
+def test_halfspace_trees_from_the_shared_template_score_as_rivers_own_trees(monkeypatch):
+    """Every asset's online detector starts from a copy of cached empty trees (river's
+    own lazy build stalls the worker ~0.5 s per asset); the scores must not change."""
+    from detectors import halfspace
+
+    names = [f"t{i // 8}.f{i % 8}" for i in range(48)]
+    X = np.random.default_rng(5).normal(size=(260, 48))
+    templated = halfspace.HalfSpaceTreesDetector(seed=11, window_size=50).fit(X[:200], names)
+    monkeypatch.setattr(halfspace, "_plant_trees", lambda model, n: None)
+    rivers_own = halfspace.HalfSpaceTreesDetector(seed=11, window_size=50).fit(X[:200], names)
+    np.testing.assert_array_equal(templated.score(X[200:]), rivers_own.score(X[200:]))
