@@ -10,6 +10,7 @@ import yaml
 
 from connectors.simulator.history import simulated_history
 from stream.config import load_config
+from stream.history import kafka_history
 from stream.kafka_admin import ensure_topics
 from stream.pipeline import Pipeline
 from stream.replay import replay
@@ -51,6 +52,15 @@ def test_worker_publishes_features_and_scores_equal_to_the_offline_replay(kafka,
     for batch in batches:
         send.produce(topics.readings, key=batch.asset_id.encode(), value=encode_reading_batch(batch))
     assert send.flush(30) == 0
+
+    # `edgewatch train --from-kafka` reads back exactly the samples of its time range.
+    lo, hi = live_start + 30_000_000, live_start + 60_000_000
+    replayed = list(kafka_history(config, ["pump-1"], lo, hi))
+    got = sorted((int(t), b.tags[i], float(v)) for b in replayed for t, i, v in zip(b.ts_us, b.tag_index, b.value))
+    sent = sorted(
+        (int(t), b.tags[i], float(v)) for b in batches if b.asset_id == "pump-1" for t, i, v in zip(b.ts_us, b.tag_index, b.value) if lo <= t < hi
+    )
+    assert got == sent and len(sent) > 3000
 
     worker = start_worker(config_path, tmp_path / "worker.log")
     reader = TopicReader(kafka.bootstrap, topics.features, topics.scores)
