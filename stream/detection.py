@@ -298,12 +298,11 @@ class AssetDetection:
     def _queue_sequences(self, scaled: ScaledModel, windows: list[ClosedWindow], aligned: np.ndarray) -> None:
         length = scaled.model.detector.sequence_length
         previous = self._sequence_rows.get(id(scaled))
-        rows = aligned if previous is None else np.concatenate([previous, aligned])
-        start = 0 if previous is None else len(previous)
-        if len(rows) < length:  # the first windows: pad by repeating the first row, as the detector's own score() does
-            pad = length - 1
-            rows = np.concatenate([np.repeat(rows[:1], pad, axis=0), rows])
-            start += pad
+        if previous is None:
+            # The first windows: pad by repeating the first row, as the detector's own score() does.
+            previous = np.repeat(aligned[:1], length - 1, axis=0)
+        rows = np.concatenate([previous, aligned])
+        start = len(previous)  # always length - 1
         for j, window in enumerate(windows):
             end = start + j + 1
             self.sequences.add(_PendingSequence(self, scaled, window, rows[end - length : end], aligned[j]))
