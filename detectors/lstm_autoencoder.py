@@ -904,6 +904,17 @@ class _Results:
 # -- CPU vs CUDA -------------------------------------------------------------------------
 
 
+def compare_to_tolerance(a: np.ndarray, b: np.ndarray) -> dict:
+    """Max absolute and relative differences of ``a`` from the reference ``b``, and the
+    worst ratio to the claimed tolerance ``RTOL * |b| + ATOL`` (<= 1: within it)."""
+    difference = np.abs(a - b)
+    return {
+        "max_abs_diff": float(difference.max(initial=0.0)),
+        "max_rel_diff": float((difference / np.maximum(np.abs(b), np.finfo(np.float64).tiny)).max(initial=0.0)),
+        "worst_vs_tolerance": float((difference / (CPU_CUDA_RTOL * np.abs(b) + CPU_CUDA_ATOL)).max(initial=0.0)),
+    }
+
+
 def reference_check(model_path: Path, sequences: np.ndarray, device: str = "cuda", reference_device: str = "cpu") -> dict:
     """Score the same sequences with one saved model on two devices and compare.
 
@@ -916,22 +927,14 @@ def reference_check(model_path: Path, sequences: np.ndarray, device: str = "cuda
     scores, contributions = tested.score_sequences(sequences)
     ref_scores, ref_contributions = reference.score_sequences(sequences)
 
-    def compare(a: np.ndarray, b: np.ndarray) -> dict:
-        difference = np.abs(a - b)
-        return {
-            "max_abs_diff": float(difference.max(initial=0.0)),
-            "max_rel_diff": float((difference / np.maximum(np.abs(b), np.finfo(np.float64).tiny)).max(initial=0.0)),
-            "worst_vs_tolerance": float((difference / (CPU_CUDA_RTOL * np.abs(b) + CPU_CUDA_ATOL)).max(initial=0.0)),
-        }
-
     result = {
         "device": str(tested.device),
         "reference_device": str(reference.device),
         "sequences": int(len(sequences)),
         "rtol": CPU_CUDA_RTOL,
         "atol": CPU_CUDA_ATOL,
-        "scores": compare(scores, ref_scores),
-        "contributions": compare(contributions, ref_contributions),
+        "scores": compare_to_tolerance(scores, ref_scores),
+        "contributions": compare_to_tolerance(contributions, ref_contributions),
         "machine": platform.machine(),
     }
     result["within_tolerance"] = result["scores"]["worst_vs_tolerance"] <= 1.0

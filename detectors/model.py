@@ -178,14 +178,16 @@ class CalibratedModel:
             raw, parts = self.detector.score(X), None
         return self._result(raw, parts)
 
-    def learn(self, X: np.ndarray) -> None:
+    def learn(self, X: np.ndarray, raw: np.ndarray | None = None) -> None:
         """Online detectors: calibrate on the scores of ``X`` (before learning it), then learn it.
 
-        Batch detectors do not learn, and their calibration stays the held-out
-        one: this is a no-op for them (live windows may hold faults).
+        ``raw``: the raw scores of ``X`` when the caller has them already (it just
+        scored ``X``), so they are not computed twice. Batch detectors do not
+        learn, and their calibration stays the held-out one: this is a no-op for
+        them (live windows may hold faults).
         """
         if self.detector.learns_online:
-            self._learn(X, self.detector.score(X))
+            self._learn(X, self.detector.score(X) if raw is None else raw)
 
     def score_and_learn(self, X: np.ndarray, contributions: bool = True) -> ScoreResult:
         """``score(X)`` then ``learn(X)``, scoring each window once: the online detector's stream step.

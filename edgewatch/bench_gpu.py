@@ -52,6 +52,7 @@ from detectors.lstm_autoencoder import (
     CPU_CUDA_RTOL,
     LstmAutoencoder,
     LstmAutoencoderDetector,
+    compare_to_tolerance,
     exact_float32,
     reference_check,
     sliding_sequences,
@@ -207,22 +208,14 @@ def history_check(model_path: Path, histories: list[np.ndarray], device: str = "
     reference = LstmAutoencoderDetector.load(model_path, device=reference_device, micro_batch=micro_batch)
     got, want = tested.score_histories(histories), reference.score_histories(histories)
 
-    def compare(a: np.ndarray, b: np.ndarray) -> dict:
-        difference = np.abs(a - b)
-        return {
-            "max_abs_diff": float(difference.max(initial=0.0)),
-            "max_rel_diff": float((difference / np.maximum(np.abs(b), np.finfo(np.float64).tiny)).max(initial=0.0)),
-            "worst_vs_tolerance": float((difference / (CPU_CUDA_RTOL * np.abs(b) + CPU_CUDA_ATOL)).max(initial=0.0)),
-        }
-
     result = {
         "device": str(tested.device),
         "reference_device": str(reference.device),
         "assets": len(histories),
         "rows": int(sum(len(X) for X in histories)),
         "micro_batch": tested.micro_batch,
-        "scores": compare(np.concatenate([s for s, _ in got]), np.concatenate([s for s, _ in want])),
-        "contributions": compare(np.concatenate([c for _, c in got]), np.concatenate([c for _, c in want])),
+        "scores": compare_to_tolerance(np.concatenate([s for s, _ in got]), np.concatenate([s for s, _ in want])),
+        "contributions": compare_to_tolerance(np.concatenate([c for _, c in got]), np.concatenate([c for _, c in want])),
     }
     result["within_tolerance"] = result["scores"]["worst_vs_tolerance"] <= 1.0  # the claim is about scores, as in reference_check
     return result

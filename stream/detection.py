@@ -286,14 +286,14 @@ class AssetDetection:
             # windows closed together must not vouch for itself.
             for j, window in enumerate(windows):
                 row = X[j : j + 1]
+                result = online.score(row, contributions=online.ready)
                 if online.ready:
-                    result = online.score(row)
                     p = float(result.p_value[0])
                     top = self.top_tags(online, result.contributions[0], row[0])
                     yield j, score_message(self.asset, ONLINE_DETECTOR, 0, window, result.raw[0], p, online.false_alarm_rate, top)
                     if p <= ONLINE_LEARN_GUARD_P:
                         continue  # do not learn what looks like a fault
-                online.learn(row)
+                online.learn(row, result.raw)
 
     def _queue_sequences(self, scaled: ScaledModel, windows: list[ClosedWindow], aligned: np.ndarray) -> None:
         length = scaled.model.detector.sequence_length

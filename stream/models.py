@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 
 from stream.config import ServiceConfig
 from stream.detection import ScaledModel
+from stream.training import TRAINED_DETECTORS
 
 log = logging.getLogger(__name__)
-
-TRAINED_DETECTORS = ("isolation_forest", "lstm_autoencoder")
-
 
 @dataclass
 class ModelCatalog:

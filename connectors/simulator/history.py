@@ -32,10 +32,9 @@ def tag_period_us(config: ServiceConfig, tag: TagConfig) -> int:
         connection = next(c for c in config.connections.modbus if c.id == source.modbus)
         period_s = connection.poll_groups[source.poll_group] if source.poll_group else connection.poll_interval_s
     elif isinstance(source, OpcUaSource):
-        connection = next(c for c in config.connections.opcua if c.id == source.opcua)
+        # (the connection's publishing interval batches notifications; it does not thin samples)
         sampling_ms = source.sampling_interval_ms if source.sampling_interval_ms is not None else 0.0
         period_s = max(simulator_period_s, sampling_ms / 1000.0)
-        del connection  # publishing interval batches notifications; it does not thin samples
     else:
         period_s = simulator_period_s
     return max(1, int(round(max(period_s, simulator_period_s) * 1e6)))
