@@ -63,7 +63,9 @@ COPY config/ /etc/edgewatch/
 # losing Kafka (broker down, network cut, stuck reconnecting). So: healthy when
 # PID 1 holds an ESTABLISHED TCP connection to a port of the Kafka bootstrap
 # servers of its own configuration (its --config file with the EDGEWATCH_*
-# overrides of its own environment). Not covered: a worker stuck with its
+# overrides of its own environment). `edgewatch worker` runs its two roles
+# (rules, analytics) as child processes of PID 1: then each child must hold such
+# a connection, since one role cut off from Kafka is half a worker. Not covered: a worker stuck with its
 # connections open (there is no progress metric to read until the metrics issue).
 COPY --chmod=0755 <<'EOF' /usr/local/bin/edgewatch-healthcheck
 #!/opt/venv/bin/python
@@ -123,6 +125,23 @@ def established_remote_ports(inodes):
     return ports
 
 
+def child_pids(pid):
+    """The processes whose parent is ``pid`` (the worker's roles)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # after the ")" that ends the command name: state, then the parent pid
+        if stat.rpartition(")")[2].split()[1] == str(pid):
+            children.append(entry)
+    return children
+
+
 def main():
     pid = sys.argv[1] if len(sys.argv) > 1 else "1"
     try:
@@ -143,10 +162,12 @@ def main():
         return 1
     servers = config.kafka.bootstrap_servers
     wanted = bootstrap_ports(servers)
-    if established_remote_ports(socket_inodes(pid)) & wanted:
-        print(f"healthy: pid {pid} is connected to Kafka ({servers})")
+    processes = child_pids(pid) or [pid]
+    cut_off = [p for p in processes if not established_remote_ports(socket_inodes(p)) & wanted]
+    if not cut_off:
+        print(f"healthy: pid {', '.join(processes)} connected to Kafka ({servers})")
         return 0
-    print(f"unhealthy: pid {pid} has no established connection to Kafka ({servers}, ports {sorted(wanted)})")
+    print(f"unhealthy: pid {', '.join(cut_off)} has no established connection to Kafka ({servers}, ports {sorted(wanted)})")
     return 1
 
 

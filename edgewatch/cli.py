@@ -64,13 +64,30 @@ def user_errors(command):
 
 @app.command()
 @user_errors
-def worker(config: Path = ConfigOption) -> None:
-    """Run a stream worker: consume readings, raise alerts (faust-streaming)."""
+def worker(
+    config: Path = ConfigOption,
+    role: Optional[str] = typer.Option(
+        None,
+        help="rules (fast rules, alerts), analytics (windows, features, detectors) or all (both, as two processes). "
+        "Default: worker.role of the configuration (all).",
+    ),
+) -> None:
+    """Run the stream worker: consume readings, raise alerts, publish features and scores (faust-streaming)."""
     cfg = load_config(config)
-    logging.basicConfig(level=cfg.worker.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    role = role or cfg.worker.role
+    if role not in ("all", "rules", "analytics"):
+        raise typer.BadParameter(f"--role must be rules, analytics or all, got {role!r}")
+    if role == "all":
+        # Two processes, not one loop: the fast rules' alerts must never wait for a window's detectors.
+        from edgewatch.processes import edgewatch_command, supervise
+
+        raise typer.Exit(
+            supervise({r: edgewatch_command("worker", "--config", str(config), "--role", r) for r in ("rules", "analytics")})
+        )
+    logging.basicConfig(level=cfg.worker.log_level.upper(), format=f"%(asctime)s %(levelname)s {role} %(name)s: %(message)s")
     from stream.worker import run_worker  # faust is heavy; only this command needs it
 
-    run_worker(cfg)
+    run_worker(cfg, role)
 
 
 @app.command()

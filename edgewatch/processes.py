@@ -82,3 +82,55 @@ def interrupt_on_sigterm():
     """Make SIGTERM raise KeyboardInterrupt, as Ctrl-C does, so that `finally`
     blocks stop what we started. Returns the previous handler."""
     return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: Linux sends SIGKILL to it when its parent dies,
+    so a supervisor killed with -9 (an OOM kill) leaves no orphan behind."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: stopping is then up to SIGTERM, as elsewhere
+
+
+def supervise(commands: dict[str, list[str]], poll_s: float = 0.5) -> int:
+    """Run several commands as one service and return an exit code.
+
+    The children share our stdout/stderr and process group (so Ctrl-C and a
+    container's SIGTERM through us reach them). When one of them exits, the
+    others are stopped and its code is ours: a half-running worker (alerts but
+    no analytics, or the reverse) must be visible to the orchestrator, which
+    then restarts the whole service.
+    """
+    import time
+
+    children: dict[str, subprocess.Popen] = {}
+    previous = interrupt_on_sigterm()
+    code = 0
+    try:
+        for name, args in commands.items():
+            children[name] = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        while True:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    code = child.returncode
+                    print(f"edgewatch: {name} exited with code {code}; stopping the others", file=sys.stderr, flush=True)
+                    return code if code != 0 else 1  # one role gone is a failure of the service
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20.0
+        for child in children.values():
+            try:
+                child.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(10)
+        signal.signal(signal.SIGTERM, previous)

@@ -69,6 +69,10 @@ class WorkerSettings(_Section):
     #: where faust keeps its local files (the state itself is in a Kafka changelog topic).
     data_dir: str = ".edgewatch/worker"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: which stages `edgewatch worker` runs: "rules" (fast rules, alerts, dead letters),
+    #: "analytics" (windows, features, detectors; its own consumer group, app_id + "-analytics"),
+    #: or "all": both, as two processes, so the alert path never waits for stream 2.
+    role: Literal["all", "rules", "analytics"] = "all"
 
 
 class Limits(_Section):

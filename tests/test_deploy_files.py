@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -694,14 +695,20 @@ def fake_broker():
     server.close()
 
 
-def _edgewatch_like_process(tmp_path: Path, bootstrap: str, connect_to: int | None) -> subprocess.Popen:
+def _edgewatch_like_process(tmp_path: Path, bootstrap: str, connect_to: int | None | str) -> subprocess.Popen:
     """A process whose command line is the image's (`python .../edgewatch worker -c FILE`),
-    holding a connection to 127.0.0.1:``connect_to`` (none if None)."""
+    holding a connection to 127.0.0.1:``connect_to`` (none if None); "P+Q": two child
+    processes (the worker's roles) connected to P and Q (0: not connected)."""
     program = tmp_path / "edgewatch"
     program.write_text(
-        "import socket, sys, time\n"
-        "port = int(sys.argv[-1])\n"
-        "s = socket.create_connection(('127.0.0.1', port)) if port else None\n"
+        "import socket, subprocess, sys, time\n"
+        "if '+' in sys.argv[-1]:\n"
+        "    # like `edgewatch worker` with role all: one child process per role, each with its own connection\n"
+        "    roles = [subprocess.Popen([sys.executable] + sys.argv[:-1] + [port], stdout=subprocess.PIPE, text=True) for port in sys.argv[-1].split('+')]\n"
+        "    assert all(role.stdout.readline().strip() == 'ready' for role in roles)\n"
+        "else:\n"
+        "    port = int(sys.argv[-1])\n"
+        "    s = socket.create_connection(('127.0.0.1', port)) if port else None\n"
         "print('ready', flush=True)\n"
         "time.sleep(60)\n"
     )
@@ -709,6 +716,7 @@ def _edgewatch_like_process(tmp_path: Path, bootstrap: str, connect_to: int | No
     env["EDGEWATCH_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap
     process = subprocess.Popen(
         [sys.executable, str(program), "worker", "-c", str(REPO / "config" / "plant.yaml"), str(connect_to or 0)],
+        start_new_session=True,  # killpg stops its role children too
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -759,3 +767,30 @@ def test_health_check_passes_only_while_connected_to_the_configured_broker(healt
 
     result = _run_check(healthcheck_script, connected.pid)  # the process is gone
     assert result.returncode == 1 and "no process" in result.stdout
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc (Linux)")
+def test_health_check_wants_every_worker_role_connected(healthcheck_script, fake_broker, tmp_path):
+    """`edgewatch worker` (role all) is a parent with a rules and an analytics child:
+    healthy only while both children hold a connection to the broker."""
+    port = fake_broker.getsockname()[1]
+    both = _edgewatch_like_process(tmp_path, f"127.0.0.1:{port}", connect_to=f"{port}+{port}")
+    one = None
+    peers = []  # held: a dropped peer socket closes the connection
+    try:
+        peers += [fake_broker.accept()[0], fake_broker.accept()[0]]
+        result = _run_check(healthcheck_script, both.pid)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+        one = _edgewatch_like_process(tmp_path, f"127.0.0.1:{port}", connect_to=f"{port}+0")
+        peers.append(fake_broker.accept()[0])
+        result = _run_check(healthcheck_script, one.pid)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "unhealthy" in result.stdout
+    finally:
+        for peer in peers:
+            peer.close()
+        for process in (both, one):
+            if process is not None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
