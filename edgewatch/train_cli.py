@@ -40,9 +40,19 @@ def register(app: typer.Typer, user_errors, config_option) -> None:
         simulate: Optional[str] = typer.Option(None, "--simulate", help="History from the plant simulator: this long, e.g. 2h."),
         seed: int = typer.Option(1, "--seed", help="Simulator seed (with --simulate) and model seed."),
         csv_file: Optional[Path] = typer.Option(None, "--csv", help="History from a historian CSV export (one time column, one column per tag)."),
-        time_column: str = typer.Option("time", "--time-column", help="CSV: the time column."),
-        time_format: str = typer.Option("iso", "--time-format", help="CSV: iso, epoch_s, epoch_ms, epoch_us or a strptime pattern."),
-        separator: str = typer.Option(",", "--separator", help="CSV: the field separator."),
+        parquet_file: Optional[Path] = typer.Option(
+            None, "--parquet",
+            help="History from a Parquet export (one time column, one column per tag). Time column: a timestamp (any unit; "
+            "no time zone = UTC), numbers since the epoch (with --time-format epoch_s, epoch_ms or epoch_us) or text (as in CSV). "
+            "Tag columns: integer, float, decimal, boolean or numeric text; nulls are gaps (Bad quality).",
+        ),
+        time_column: str = typer.Option("time", "--time-column", help="CSV and Parquet: the time column."),
+        time_format: str = typer.Option(
+            "iso", "--time-format",
+            help="CSV and Parquet: iso, epoch_s, epoch_ms, epoch_us or a strptime pattern (no offset = UTC); "
+            "not used for a Parquet timestamp column.",
+        ),
+        separator: Optional[str] = typer.Option(None, "--separator", help="CSV only: the field separator (default ,)."),
         from_kafka: bool = typer.Option(False, "--from-kafka", help="History from the readings topic (needs --start and --end)."),
         start: Optional[str] = typer.Option(None, "--start", help="--from-kafka: first event time, ISO 8601 (UTC if no offset)."),
         end: Optional[str] = typer.Option(None, "--end", help="--from-kafka: end event time (exclusive), ISO 8601."),
@@ -51,17 +61,21 @@ def register(app: typer.Typer, user_errors, config_option) -> None:
         no_activate: bool = typer.Option(False, "--no-activate", help="Register the new versions without making them active."),
         announce: bool = typer.Option(False, "--announce", help="Also publish the new versions on the models topic."),
     ) -> None:
-        """Fit the detectors of an asset or asset type from history; register new model versions."""
-        from stream.history import csv_history, iso_to_us, kafka_history
+        """Fit the detectors of an asset or asset type from history; register new model versions.
+
+        History: --simulate, --csv, --parquet or --from-kafka (exactly one)."""
+        from stream.history import csv_history, iso_to_us, kafka_history, parquet_history
         from stream.training import train as run_training
 
         cfg = load_config(config)
         if (asset is None) == (asset_type is None):
             raise ValueError("give --asset ASSET_ID or --type ASSET_TYPE")
         target = asset if asset is not None else f"type:{asset_type}"
-        sources = [simulate is not None, csv_file is not None, from_kafka]
+        sources = [simulate is not None, csv_file is not None, parquet_file is not None, from_kafka]
         if sum(sources) != 1:
-            raise ValueError("give exactly one history: --simulate 2h, --csv FILE or --from-kafka --start ... --end ...")
+            raise ValueError("give exactly one history: --simulate 2h, --csv FILE, --parquet FILE or --from-kafka --start ... --end ...")
+        if separator is not None and parquet_file is not None:
+            raise ValueError("--separator is for a CSV export (--csv); a Parquet file has typed columns and no separator: leave it out")
         from stream.training import target_assets
 
         assets = target_assets(cfg, target)
@@ -82,8 +96,13 @@ def register(app: typer.Typer, user_errors, config_option) -> None:
         elif csv_file is not None:
             if len(assets) != 1:
                 raise ValueError("a CSV export holds one asset: use --asset with --csv")
-            batches = csv_history(csv_file, assets[0], time_column=time_column, time_format=time_format, separator=separator)
+            batches = csv_history(csv_file, assets[0], time_column=time_column, time_format=time_format, separator="," if separator is None else separator)
             source = f"csv {csv_file}"
+        elif parquet_file is not None:
+            if len(assets) != 1:
+                raise ValueError("a Parquet export holds one asset: use --asset with --parquet")
+            batches = parquet_history(parquet_file, assets[0], time_column=time_column, time_format=time_format)
+            source = f"parquet {parquet_file}"
         else:
             if start is None or end is None:
                 raise ValueError("--from-kafka needs --start and --end (ISO 8601 event times)")
