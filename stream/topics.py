@@ -17,11 +17,12 @@ TOPIC_SUFFIXES = {
     "deadletter": "deadletter",
     "models": "models",
     "alert_commands": "alert-commands",
+    "alarm_state": "alarm-state",
     "events": "connector-events",
 }
 
 #: topics whose latest value per key is what matters: Kafka keeps them compacted.
-COMPACTED = frozenset({"models"})
+COMPACTED = frozenset({"models", "alarm_state"})
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class TopicNames:
     deadletter: str
     models: str
     alert_commands: str
+    alarm_state: str
     events: str
 
     @classmethod

@@ -40,3 +40,29 @@ def test_import_directions():
 def test_top_level_layout():
     for name in ("pyproject.toml", "stream", "detectors", "connectors", "docker-compose.yml", "tests", "Dockerfile", "README.md"):
         assert (REPO / name).exists(), name
+
+
+def test_a_non_editable_install_carries_every_package_and_schema(tmp_path):
+    """The image installs edgewatch with `pip install .`: a subpackage missing from
+    the wheel (stream.rules, stream.alarms, connectors.opcua, ...) would only show
+    as an ImportError in production."""
+    import shutil
+    import zipfile
+
+    # From a clean copy: the clone's own build/ and egg-info (left by the editable
+    # install) would lend the wheel files that a fresh build leaves out.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", ".edgewatch", "build", "dist", "*.egg-info", "__pycache__"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("edgewatch-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for top in ("edgewatch", "stream", "detectors", "connectors"):
+        for init in (REPO / top).rglob("__init__.py"):
+            relative = init.relative_to(REPO).as_posix()
+            assert relative in names, f"{relative} is not in the wheel: list the package in pyproject.toml"
+    for schema in (REPO / "stream" / "schemas").glob("*.json"):
+        assert schema.relative_to(REPO).as_posix() in names

@@ -36,18 +36,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = ROOT / "stream" / "schemas"
 WIRE_DOC = ROOT / "docs" / "wire-schema.md"
 
-#: topic kind (stream.topics) -> schema file stem (stream/schemas/STEM.schema.json)
+#: topic kind (stream.topics) -> schema file stem(s) (stream/schemas/STEM.schema.json)
 SCHEMA_FOR_TOPIC = {
     "readings": "reading-batch",
     "features": "features",
     "scores": "scores",
-    "alerts": "alert",
+    "alerts": ("alert", "alarm"),  # fast-rule alerts and fault alarm events, told apart by kind
+    "alarm_state": "alarm-state",
     "deadletter": "deadletter",
     "models": "models",
     "alert_commands": "alert-command",
     "events": "connector-event",
 }
-STEMS = sorted(SCHEMA_FOR_TOPIC.values())
+STEMS = sorted(stem for stems in SCHEMA_FOR_TOPIC.values() for stem in ((stems,) if isinstance(stems, str) else stems))
 
 _EXAMPLE = re.compile(r"<!--\s*example:\s*([A-Za-z0-9_-]+)\s*-->\s*```json[ \t]*\n(.*?)\n```", re.DOTALL)
 
