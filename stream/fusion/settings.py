@@ -1,0 +1,270 @@
+"""The fusion section of the configuration: transitions, evidence, priors, feedback,
+CPT overrides and tag roles.
+
+In the plant file (the worker wires it under ``fusion:``)::
+
+    fusion:
+      transitions:
+        onset_per_s: 1.0e-5      # P(an abnormal state begins) per second, per state
+        recovery_per_s: 0.01     # P(back to normal) per second
+        switch_per_s: 0.002      # P(one abnormal state turns out to be another) per second
+      evidence:
+        freshness_windows: 2     # a score counts while younger than 2 of its window lengths
+        elevated_p: 0.01         # p-value level edges
+        anomalous_p: 0.001       #   (set to detectors.false_alarm_rate)
+        extreme_p: 1.0e-5
+        max_log_evidence_per_step: 8
+      feedback:
+        weight: 1.0              # pseudo-counts one operator feedback adds
+        max_share: 0.2           # feedback counts per CPT row <= 0.2 x its prior strength
+      cpt:                       # replace entries of the default tables, per asset type
+        pump:
+          involvement:           # P(role among the top tags | state)
+            bearing_wear: {bearing_temp: 0.9}     # split rose/fell as the default row does
+            cavitation: {flow: {rose: 0.05, fell: 0.5}}
+            unknown_anomaly: {"*": 0.35}          # "*": every role
+          score_level:           # P(p-value level | state); a partial row rescales the rest
+            overheating: {normal: 0.5, elevated: 0.2, anomalous: 0.2, extreme: 0.1}
+          rule_hit:              # P(a rule hit on a role in one step | state)
+            flatline: {sensor_fault: {"*": 0.2}}
+          data_quality:          # P(share of Bad samples | state)
+            sensor_fault: {good: 0.5, some_bad: 0.3, mostly_bad: 0.2}
+      tag_roles:                 # what a tag measures, where its name does not say
+        pump-3: {TT_104: bearing_temp}          # by asset id ...
+        pump: {FT_201: seal_flow}               # ... or by asset type
+
+Every number has its reason next to it; the default tables are in
+stream/fusion/faults.py.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from stream.config import _Section
+from stream.fusion.faults import ASSET_TYPES, LEVELS, QUALITY_LEVELS, RULE_KINDS, states_of
+from stream.fusion.roles import ROLES
+
+Role = Literal[ROLES]  # type: ignore[valid-type]
+
+#: the CPT nodes an override may name, and what their rows hold.
+CPT_NODES = ("score_level", "involvement", "rule_hit", "data_quality")
+#: "*" in an involvement or rule_hit row: every role.
+ALL_ROLES = "*"
+
+
+class FusionTransitions(_Section):
+    """How the hidden state may change between two steps; per second, so that the
+    step size matters (a 60 s step allows 60 times the change of a 1 s step).
+
+    These are filter settings, not the plant's true fault rates: the onset
+    probability sets how much evidence it takes to believe a fault, the recovery
+    probability how fast belief returns to normal once evidence stops.
+    """
+
+    #: P(a given abnormal state begins) per second, from normal. 1e-5: from a calm
+    #: normal state one clear window cannot carry a fault alone (see max_log_evidence_per_step).
+    onset_per_s: float = Field(1e-5, gt=0, lt=0.1)
+    #: P(an abnormal state ends) per second. 0.01: with no evidence either way, belief
+    #: in a fault halves in about 70 s; it also caps how sure the filter gets
+    #: (P(normal) never falls far below 1 % per second of step), so it can come back.
+    recovery_per_s: float = Field(0.01, gt=0, lt=1)
+    #: P(an abnormal state turns into another) per second, shared among the others.
+    #: 0.002: a first wrong name (e.g. misalignment before the bearing temperature
+    #: rose) is corrected within a few windows of better evidence, not only via normal.
+    switch_per_s: float = Field(0.002, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sane(self) -> "FusionTransitions":
+        if self.onset_per_s >= self.recovery_per_s:
+            raise ValueError(
+                f"onset_per_s ({self.onset_per_s}) must be below recovery_per_s ({self.recovery_per_s}): "
+                "otherwise the filter expects the asset to be faulty most of the time"
+            )
+        return self
+
+
+class FusionEvidence(_Section):
+    """How scores, rule hits and data quality become evidence."""
+
+    #: a score counts (and is shown as a driver) while its window ended less than this
+    #: many of its window lengths ago; older, it is left out, never read as normal.
+    #: 2: a score arrives one grace period after its window; one more length covers a
+    #: late one without letting yesterday's minute speak for today.
+    freshness_windows: float = Field(2.0, ge=1.0, le=20.0)
+    #: p-value level edges. p > elevated_p: normal; <= elevated_p: elevated;
+    #: <= anomalous_p: anomalous (set it to detectors.false_alarm_rate); <= extreme_p: extreme.
+    elevated_p: float = Field(0.01, gt=0, lt=1)
+    anomalous_p: float = Field(0.001, gt=0, lt=1)
+    extreme_p: float = Field(1e-5, gt=0, lt=1)
+    #: the smallest tail probability trusted under normal operation: calibration sets
+    #: hold ~10^4 windows, so P(extreme | normal) is taken as at least this, not 1e-5.
+    calibration_floor: float = Field(1e-4, gt=0, lt=0.01)
+    #: consecutive windows shorter than this are not independent observations (slow
+    #: process dynamics, detectors with memory): a score of a shorter window counts
+    #: length / this. 2 s: a 1 s window counts half, 10 s and 1 min windows fully.
+    #: The detectors may give runs of up to 3 anomalous 1 s windows in normal operation
+    #: (tests/test_fault_detection.py); at full weight three would carry a fault alone.
+    independent_after_s: float = Field(2.0, gt=0, le=3600)
+    #: a top tag with at least this share of a score's attribution counts as fully
+    #: involved; a smaller share counts in proportion. 0.15: above the 1/n share
+    #: that an 11-tag asset's tags get when nothing stands out.
+    full_involvement_share: float = Field(0.15, gt=0, le=1)
+    #: an elevated (not anomalous) score's top tags count this much of an anomalous one's.
+    elevated_attribution: float = Field(0.5, ge=0, le=1)
+    #: a window's share of Bad samples above this is "some_bad" (0: any Bad sample) ...
+    some_bad_above: float = Field(0.0, ge=0, lt=1)
+    #: ... and above this "mostly_bad".
+    mostly_bad_above: float = Field(0.5, gt=0, lt=1)
+    #: a rule condition that stays active counts as one observation per this many
+    #: seconds of event time (at most one per step).
+    rule_interval_s: float = Field(1.0, gt=0)
+    #: the most one step's evidence may favour any state over normal, in nats (natural
+    #: log of the likelihood ratio). The detectors and scales read the same samples, so
+    #: their evidence is far from independent; summed as if it were, one odd window
+    #: would carry a fault alone. 8 nats (x3000): from a calm normal state (onset 1e-5/s)
+    #: one window, however extreme, leaves a fault below 5 %; a clear fault passes 80 %
+    #: within 3-4 windows of 1 s.
+    max_log_evidence_per_step: float = Field(8.0, gt=0, le=50)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FusionEvidence":
+        if not self.extreme_p < self.anomalous_p < self.elevated_p:
+            raise ValueError(
+                f"p-value edges must go extreme_p < anomalous_p < elevated_p, got "
+                f"{self.extreme_p} / {self.anomalous_p} / {self.elevated_p}"
+            )
+        if not self.some_bad_above < self.mostly_bad_above:
+            raise ValueError(f"some_bad_above ({self.some_bad_above}) must be below mostly_bad_above ({self.mostly_bad_above})")
+        return self
+
+
+class FusionPriors(_Section):
+    """How much the default tables weigh, as Dirichlet pseudo-counts per CPT row: a row
+    learned from labeled history moves once the labels outnumber these."""
+
+    #: P(level | abnormal state) rows: judgement, not measurement, so they yield to a
+    #: few hundred labeled windows.
+    score_level: float = Field(100.0, gt=0)
+    #: P(level | normal): calibration measured it on thousands of normal windows.
+    calibrated_normal: float = Field(10_000.0, gt=0)
+    involvement: float = Field(50.0, gt=0)
+    #: rule hits are rare events (probabilities of 0.001): a weaker prior would let
+    #: the first labeled hit move them tenfold.
+    rule_hit: float = Field(1000.0, gt=0)
+    data_quality: float = Field(100.0, gt=0)
+
+
+class FusionFeedback(_Section):
+    """Operator feedback ("false_alarm", "confirmed:<fault>") as bounded learning."""
+
+    #: pseudo-counts one feedback adds (one step's evidence, counted as this many labels).
+    weight: float = Field(1.0, gt=0, le=100)
+    #: feedback counts in one CPT row stop at this share of the row's prior strength, so
+    #: one operator (or one noisy alarm acknowledged 500 times) cannot rewrite the model.
+    max_share: float = Field(0.2, ge=0, le=10)
+
+
+class FusionSettings(_Section):
+    """Bayesian fusion: detector scores, rule hits and data quality -> P(fault) per asset."""
+
+    transitions: FusionTransitions = FusionTransitions()
+    evidence: FusionEvidence = FusionEvidence()
+    priors: FusionPriors = FusionPriors()
+    feedback: FusionFeedback = FusionFeedback()
+    #: asset type -> node -> rows that replace the defaults (format in the module doc).
+    cpt: dict[str, dict[str, dict[str, Any]]] = {}
+    #: asset id or asset type -> tag id -> role; beats the name heuristic (stream/fusion/roles.py).
+    tag_roles: dict[str, dict[str, Role]] = {}
+
+    @field_validator("cpt")
+    @classmethod
+    def _cpt_known(cls, cpt):
+        check_cpt_overrides(cpt)
+        return cpt
+
+
+# ----------------------------------------------------------------- override checks
+
+
+def _probability(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{where}: a probability must be a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def _mapping(value: Any, where: str, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a mapping of {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _known(name: Any, allowed, where: str, what: str) -> None:
+    if name not in allowed:
+        raise ValueError(f"{where}: unknown {what} {name!r}; {what}s here: {', '.join(allowed)}")
+
+
+def _categorical_row(row: Any, levels, where: str) -> None:
+    row = _mapping(row, where, "level: probability")
+    total = 0.0
+    for level, p in row.items():
+        _known(level, levels, f"{where}.{level}", "level")
+        total += _probability(p, f"{where}.{level}")
+    if total > 1.0 + 1e-6:
+        raise ValueError(f"{where}: the probabilities sum to {total:g}; a row must add up to 1 (leave out levels to rescale the rest)")
+    if len(row) == len(levels) and abs(total - 1.0) > 1e-3:
+        raise ValueError(f"{where}: the probabilities sum to {total:g}; a full row must add up to 1")
+    if len(row) < len(levels) and total >= 1.0 - 1e-9:
+        raise ValueError(f"{where}: the given levels already sum to 1, leaving nothing for the others; give the whole row")
+
+
+def _involvement_row(row: Any, where: str) -> None:
+    row = _mapping(row, where, "role: probability or {rose: p, fell: p}")
+    for role, value in row.items():
+        _known(role, (*ROLES, ALL_ROLES), f"{where}.{role}", "role")
+        if isinstance(value, dict):
+            for way, p in value.items():
+                _known(way, ("rose", "fell"), f"{where}.{role}.{way}", "direction")
+                _probability(p, f"{where}.{role}.{way}")
+            total = sum(value.values())
+            if total > 1.0 + 1e-9:
+                raise ValueError(f"{where}.{role}: rose + fell is {total:g}; P(involved) cannot exceed 1")
+        else:
+            _probability(value, f"{where}.{role}")
+
+
+def _role_row(row: Any, where: str) -> None:
+    row = _mapping(row, where, "role: probability")
+    for role, p in row.items():
+        _known(role, (*ROLES, ALL_ROLES), f"{where}.{role}", "role")
+        _probability(p, f"{where}.{role}")
+
+
+def check_cpt_overrides(cpt: Any) -> None:
+    """Raise ValueError naming the field (fusion.cpt.<type>.<node>.<state>...) of the first bad entry."""
+    base = "fusion.cpt"
+    cpt = _mapping(cpt, base, "asset type: nodes")
+    for asset_type, nodes in cpt.items():
+        _known(asset_type, ASSET_TYPES, f"{base}.{asset_type}", "asset type")
+        where_type = f"{base}.{asset_type}"
+        states = states_of(asset_type)
+        for node, rows in _mapping(nodes, where_type, "node: rows").items():
+            _known(node, CPT_NODES, f"{where_type}.{node}", "node")
+            where_node = f"{where_type}.{node}"
+            if node == "rule_hit":
+                for kind, by_state in _mapping(rows, where_node, "rule kind: states").items():
+                    _known(kind, RULE_KINDS, f"{where_node}.{kind}", "rule kind")
+                    for state, row in _mapping(by_state, f"{where_node}.{kind}", "state: roles").items():
+                        _known(state, states, f"{where_node}.{kind}.{state}", f"state of a {asset_type}")
+                        _role_row(row, f"{where_node}.{kind}.{state}")
+                continue
+            for state, row in _mapping(rows, where_node, "state: row").items():
+                _known(state, states, f"{where_node}.{state}", f"state of a {asset_type}")
+                where = f"{where_node}.{state}"
+                if node == "involvement":
+                    _involvement_row(row, where)
+                else:
+                    _categorical_row(row, LEVELS if node == "score_level" else QUALITY_LEVELS, where)
