@@ -556,6 +556,32 @@ class SimulatorSettings(_Section):
     pki_dir: str = ".edgewatch/simulator/pki"
 
 
+class ApiSettings(_Section):
+    """The operator HTTP API of the worker's analytics role (acknowledge, shelve, ...)."""
+
+    #: off by default: it accepts commands that silence alarms, so it is opened on purpose
+    enabled: bool = False
+    #: 0.0.0.0 in a container; 127.0.0.1 keeps it on this machine
+    host: str = "127.0.0.1"
+    port: int = Field(8088, ge=1, le=65535)
+    #: the bearer token every request must carry (Authorization: Bearer <token>); set it
+    #: through EDGEWATCH_API__TOKEN rather than in the file
+    token: str = ""
+
+    @model_validator(mode="after")
+    def _token_when_enabled(self) -> "ApiSettings":
+        if self.enabled and len(self.token) < 16:
+            raise ValueError(
+                "api.enabled needs api.token of at least 16 characters (set EDGEWATCH_API__TOKEN, e.g. to `openssl rand -hex 24`)"
+            )
+        return self
+
+
+# Fusion and alarm settings live with their code; they need _Section and AssetConfig above.
+from stream.alarms.settings import AlarmSettings  # noqa: E402
+from stream.fusion.settings import FusionSettings  # noqa: E402
+
+
 class ServiceConfig(_Section):
     kafka: KafkaSettings = KafkaSettings()
     worker: WorkerSettings = WorkerSettings()
@@ -566,6 +592,9 @@ class ServiceConfig(_Section):
     connections: Connections = Connections()
     connect: ConnectSettings = ConnectSettings()
     simulator: SimulatorSettings = SimulatorSettings()
+    fusion: FusionSettings = FusionSettings()
+    alarms: AlarmSettings = AlarmSettings()
+    api: ApiSettings = ApiSettings()
     assets: list[AssetConfig] = Field(min_length=1)
 
     @field_validator("assets")
@@ -579,6 +608,9 @@ class ServiceConfig(_Section):
         for name in (self.detectors.scales or []):
             if name not in names:
                 raise ValueError(f"detectors.scales names {name!r}, which is not in windows.scales ({', '.join(names)})")
+        for asset_id in self.alarms.assets:
+            if asset_id not in {a.id for a in self.assets}:
+                raise ValueError(f"alarms.assets names {asset_id!r}, which is not among the assets")
         lstm = self.detectors.lstm_autoencoder
         if lstm.enabled and lstm.scale not in names:
             raise ValueError(f"detectors.lstm_autoencoder.scale is {lstm.scale!r}, which is not in windows.scales ({', '.join(names)})")

@@ -4,8 +4,9 @@
 for live data, and the offline replay (stream.replay: training, backtests). It
 decodes and validates, runs the fast rules at once (stream.rules: limits, rate
 of change, flatline, bad quality; evidence per sample, not per window), then
-stream 2 (stream.detection: event-time windows, features, detectors). Fusion
-and alarms of later stages plug into ``AssetPipeline``.
+stream 2 (stream.detection: event-time windows, features, detectors) and
+stream 3 (stream.diagnosis: Bayesian fusion into fault probabilities, and the
+ISA-18.2 alarm book).
 
 State that must survive a restart (which alerts are active) is read from a
 mapping the driver passes in (a faust Table backed by a Kafka changelog in the
@@ -28,6 +29,7 @@ from stream.config import AssetConfig, ServiceConfig
 from stream.rules import FastRules
 from stream.validation import InvalidBatch, validate_batch
 from stream.detection import AssetDetection, SequenceQueue
+from stream.diagnosis import Diagnosis, DiagnosisOutput
 from stream.features import FeatureSpec
 from stream.wire import SCHEMA_VERSION, ReadingBatch, WireError, decode_reading_batch, encode_reading_batch, is_good, utc_iso
 
@@ -73,12 +75,34 @@ class Outputs:
     scores: list[dict] = field(default_factory=list)
     #: (asset_id, stream.detection.WindowResult) per closed window, when the pipeline keeps them (training)
     windows: list = field(default_factory=list)
+    #: fault alarm events (kind "alarm", for the alerts topic), alarm-state records
+    #: ((alert_id, record or None)), and diagnosis state to store per changelog key
+    alarms: list[dict] = field(default_factory=list)
+    alarm_states: list[tuple[str, dict | None]] = field(default_factory=list)
+    diagnosis_state: dict[str, dict] = field(default_factory=dict)
+    #: fusion's verdict per step (stream.fusion.FusionResult), when the pipeline keeps them (replays)
+    fusion: list = field(default_factory=list)
+    #: an operator command's refusal (Pipeline.command)
+    command_error: str | None = None
     #: stream 2 still to run for this batch (Pipeline.detect), when the pipeline defers it
     _stream2: tuple | None = field(default=None, repr=False)
 
     def apply_state(self, store: MutableMapping[str, dict]) -> None:
         if self.state is not None:
             store[self.asset_id] = self.state
+
+    def apply_diagnosis_state(self, store: MutableMapping[str, dict]) -> None:
+        """Store fusion's and the alarm book's new state, once the alarms are sent."""
+        for key, value in self.diagnosis_state.items():
+            store[key] = value
+
+    def add_diagnosis(self, out: DiagnosisOutput) -> None:
+        self.alarms.extend(out.alarms)
+        self.alarm_states.extend(out.alarm_states)
+        self.diagnosis_state.update(out.state)
+        self.fusion.extend(out.results)
+        if out.error is not None:
+            self.command_error = out.error
 
 
 class AssetPipeline:
@@ -120,6 +144,9 @@ class Pipeline:
     online detector alone. ``assets``: limit the pipeline to these asset ids.
     ``defer_detection``: ``process`` runs the fast rules only; the driver calls
     ``detect(outputs)`` once the alerts are sent.
+    ``diagnosis_store``: where fusion's and the alarm book's state was kept (the
+    analytics role's changelog table); each asset is restored from it at first
+    sight. ``keep_fusion``: keep fusion's verdict per step in ``Outputs.fusion``.
     """
 
     def __init__(
@@ -132,6 +159,8 @@ class Pipeline:
         models=None,
         assets: list[str] | None = None,
         defer_detection: bool = False,
+        diagnosis_store: Mapping[str, dict] | None = None,
+        keep_fusion: bool = False,
     ):
         if detection not in ("full", "features", "off"):
             raise ValueError(f"detection must be full, features or off, got {detection!r}")
@@ -160,6 +189,10 @@ class Pipeline:
                     score=detection == "full",
                 )
             self._assets[asset.id] = AssetPipeline(asset, config, stage)
+        self.diagnosis_store = diagnosis_store
+        self.diagnosis = None
+        if detection == "full" and config.fusion.enabled:
+            self.diagnosis = Diagnosis(config, [a.asset for a in self._assets.values()], keep_results=keep_fusion)
 
     def process(self, raw: bytes, source: Source | None, state_store: Mapping[str, dict]) -> Outputs:
         """Process one Kafka message value. Never raises on bad input: it becomes a dead letter.
@@ -222,13 +255,33 @@ class Pipeline:
         if pending is None:
             return outputs
         asset, batch, tag_position, source = pending
+        good = is_good(batch.quality)
         try:
-            detected = asset.detection.process(batch.ts_us, tag_position, batch.value, is_good(batch.quality), batch.replayed)
+            detected = asset.detection.process(batch.ts_us, tag_position, batch.value, good, batch.replayed)
         except Exception:
             log.exception("windows/detectors failed for asset %s at %s", batch.asset_id, source)
-        else:
-            self._collect(outputs, asset, detected)
+            return outputs
+        self._collect(outputs, asset, detected)
+        if self.diagnosis is not None:
+            try:
+                self._diagnose(outputs, asset, detected, batch, tag_position, good)
+            except Exception:
+                log.exception("fusion/alarms failed for asset %s at %s", batch.asset_id, source)
         return outputs
+
+    def _diagnose(self, outputs: Outputs, asset: "AssetPipeline", detected, batch: ReadingBatch, tag_position, good) -> None:
+        asset_id = asset.asset.id
+        self.diagnosis.restore(asset_id, self.diagnosis_store)
+        machine = None
+        tag = self.diagnosis.book.machine_state_tag(asset_id)
+        if tag is not None and tag in asset.tag_position:
+            mine = tag_position == asset.tag_position[tag]
+            machine = (batch.ts_us[mine], batch.value[mine])
+        bad_fraction = 1.0 - float(good.mean()) if good.size else 0.0
+        # the batch's own scores (LSTM ones, from a shared micro-batch, were handed in apart)
+        scores = [s for s in detected.scores if s["asset_id"] == asset_id]
+        out = self.diagnosis.process(asset.asset, detected.windows, scores, outputs.alerts, machine, bad_fraction, batch.replayed)
+        outputs.add_diagnosis(out)
 
     def _collect(self, outputs: Outputs, asset: "AssetPipeline", detected) -> None:
         outputs.features.extend(detected.features)
@@ -236,12 +289,37 @@ class Pipeline:
         if self.keep_windows:
             outputs.windows.extend((asset.asset.id, w) for w in detected.windows)
         if self.sequences is not None and len(self.sequences) >= self.sequences.micro_batch:
-            outputs.scores.extend(self.sequences.flush())
+            outputs.scores.extend(self.flush_sequences())
 
     def flush_sequences(self) -> list[dict]:
         """Score the LSTM sequences queued so far (all assets, one micro-batch); the
         driver calls this when its input goes quiet, so scores never wait long."""
-        return self.sequences.flush() if self.sequences is not None else []
+        if self.sequences is None:
+            return []
+        scores = self.sequences.flush()
+        if self.diagnosis is not None and scores:
+            self.diagnosis.observe_late_scores(scores)
+        return scores
+
+    def command(self, command: dict, now_us: int) -> Outputs:
+        """An operator command for the alarm book (stream/schemas/alert-command.schema.json).
+        A refused command comes back in ``Outputs.command_error``; it never raises."""
+        outputs = Outputs(asset_id=command.get("asset_id") if isinstance(command, dict) else None)
+        if self.diagnosis is None:
+            outputs.command_error = "fault alarms are off in this worker (fusion.enabled is false, or it runs the rules role)"
+            return outputs
+        asset_id = outputs.asset_id
+        if isinstance(asset_id, str) and asset_id in self._assets:
+            self.diagnosis.restore(asset_id, self.diagnosis_store)
+        outputs.add_diagnosis(self.diagnosis.command(command, now_us))
+        return outputs
+
+    def tick(self, now_us: int) -> Outputs:
+        """Wall-clock housekeeping of the alarm book (shelving that ran out)."""
+        outputs = Outputs()
+        if self.diagnosis is not None:
+            outputs.add_diagnosis(self.diagnosis.tick(now_us))
+        return outputs
 
     @property
     def pending_sequences(self) -> int:
@@ -252,7 +330,12 @@ class Pipeline:
         outputs = Outputs()
         for asset in self._assets.values():
             if asset.detection is not None:
-                self._collect(outputs, asset, asset.detection.flush())
+                detected = asset.detection.flush()
+                self._collect(outputs, asset, detected)
+                if self.diagnosis is not None and detected.windows:
+                    self.diagnosis.restore(asset.asset.id, self.diagnosis_store)
+                    scores = [s for s in detected.scores if s["asset_id"] == asset.asset.id]
+                    outputs.add_diagnosis(self.diagnosis.process(asset.asset, detected.windows, scores, [], None, 0.0, False))
         outputs.scores.extend(self.flush_sequences())
         return outputs
 

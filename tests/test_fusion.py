@@ -125,7 +125,7 @@ def test_each_pump_fault_is_named_first_with_over_80_percent_within_4_windows(fa
     k = calm(fusion, 0)
     named = []
     for k in range(k, k + 5):
-        result = window(fusion, k, p=1e-4, tops=PUMP_FAULTS[fault])
+        result = window(fusion, k, p=1e-6, tops=PUMP_FAULTS[fault])
         named.append(result.top_state == fault and result.top_fault_probability > 0.8)
     assert named.index(True) <= 3 and all(named[named.index(True) :]), named
     assert result.top_state == fault
@@ -142,7 +142,7 @@ def test_each_pump_fault_is_named_first_with_over_80_percent_within_4_windows(fa
 def test_a_sustained_fault_passes_80_percent_within_3_windows():
     fusion = fusion_for()
     k = calm(fusion, 0)
-    probabilities = [window(fusion, k + i, p=1e-4, tops=PUMP_FAULTS["bearing_wear"]).posterior["bearing_wear"] for i in range(3)]
+    probabilities = [window(fusion, k + i, p=1e-6, tops=PUMP_FAULTS["bearing_wear"]).posterior["bearing_wear"] for i in range(3)]
     assert probabilities[-1] > 0.8, probabilities
     assert probabilities == sorted(probabilities)
 
@@ -173,7 +173,7 @@ def test_the_kurtosis_direction_tells_bearing_wear_from_misalignment():
         fusion = fusion_for()
         k = calm(fusion, 0)
         for k in range(k, k + 5):
-            result = window(fusion, k, p=1e-4, tops=(kurtosis, "+vibration_rms"))
+            result = window(fusion, k, p=1e-6, tops=(kurtosis, "+vibration_rms"))
         named[kurtosis[0]] = result.top_state
     assert named == {"+": "bearing_wear", "-": "misalignment_imbalance"}
 
@@ -201,7 +201,7 @@ def test_an_anomaly_that_fits_no_signature_is_an_unknown_anomaly_not_the_closest
     for k in range(k, k + 6):
         # speed is in no pump fault's signature; suction pressure rising and the winding
         # cooling go against the signatures that name them
-        result = window(fusion, k, p=1e-4, tops=("+speed", "+suction_pressure", "-motor_winding_temp"))
+        result = window(fusion, k, p=1e-6, tops=("+speed", "+suction_pressure", "-motor_winding_temp"))
     assert result.top_state == "unknown_anomaly"
     assert result.top_fault_probability > 0.8
 
@@ -256,7 +256,7 @@ def test_a_lone_spike_is_a_sensor_fault_but_jumps_on_several_tags_are_not():
     k = calm(several, 0)
     for k in range(k, k + 6):
         several.observe_rules([("rate_of_change", tag, "rate", "active", T0 + k * S) for tag in ("flow", "suction_pressure", "discharge_pressure")])
-        result = window(several, k, p=1e-4, tops=PUMP_FAULTS["cavitation"])
+        result = window(several, k, p=1e-6, tops=PUMP_FAULTS["cavitation"])
     assert {hit["kind"] for hit in result.drivers["rules"]} == {"rate_of_change"}
     assert result.top_state == "cavitation"
 
@@ -278,7 +278,7 @@ def test_it_returns_to_normal_after_the_fault_ends():
     fusion = fusion_for()
     k = calm(fusion, 0)
     for k in range(k, k + 60):
-        window(fusion, k, p=1e-4, tops=PUMP_FAULTS["cavitation"])
+        window(fusion, k, p=1e-6, tops=PUMP_FAULTS["cavitation"])
     assert fusion.probability("cavitation") > 0.99
     states = [window(fusion, k + i) for i in range(1, 21)]
     first_normal = next(i for i, r in enumerate(states, 1) if r.top_state == "normal")
@@ -325,7 +325,7 @@ def test_stale_scores_are_left_out_and_missing_scores_are_not_read_as_normal():
     for f in (quiet, calmed):
         k = calm(f, 0)
         for k in range(k, k + 10):
-            window(f, k, p=1e-4, tops=PUMP_FAULTS["overheating"])
+            window(f, k, p=1e-6, tops=PUMP_FAULTS["overheating"])
     for i in range(1, 6):
         quiet.step(T0 + (k + i) * S)
         window(calmed, k + i)
@@ -354,14 +354,14 @@ def test_labeled_history_moves_the_posterior_toward_the_labeled_state():
     pattern = ("speed", "flow", "motor_current")
     teacher = fusion_for()
     k = calm(teacher, 0)
-    records = [(window(teacher, k + i, p=1e-4, tops=pattern).evidence, "seal_leak") for i in range(5)]
+    records = [(window(teacher, k + i, p=1e-6, tops=pattern).evidence, "seal_leak") for i in range(5)]
     records += [(window(teacher, k + 5 + i).evidence.to_dict(), "normal") for i in range(5)]
 
     def run(network):
         fusion = fusion_for(network=network)
         k = calm(fusion, 0)
         for k in range(k, k + 6):
-            result = window(fusion, k, p=1e-4, tops=pattern)
+            result = window(fusion, k, p=1e-6, tops=pattern)
         return result
 
     network = FaultNetwork.for_asset_type("pump")
@@ -377,13 +377,13 @@ def test_operator_feedback_is_bounded_and_logged(caplog):
     fusion = fusion_for()
     k = calm(fusion, 0)
     for k in range(k, k + 5):
-        strong = window(fusion, k, p=1e-4, tops=PUMP_FAULTS["bearing_wear"])
+        strong = window(fusion, k, p=1e-6, tops=PUMP_FAULTS["bearing_wear"])
     network = fusion.network
     with caplog.at_level(logging.INFO, logger="stream.fusion"):
         changes = [fusion.feedback(strong, "false_alarm", user="night shift") for _ in range(100)]
     lines = [r.getMessage() for r in caplog.records if "feedback 'false_alarm'" in r.getMessage()]
     assert len(lines) == 100
-    assert "on pump-3 by night shift -> state normal" in lines[0] and "P(anomalous|normal)" in lines[0]
+    assert "on pump-3 by night shift -> state normal" in lines[0] and "P(extreme|normal)" in lines[0]
     assert changes[0].added["score_level"] > 0 and not changes[0].capped
     assert changes[-1].capped  # the involvement rows of normal are full: feedback stops there
     # P(role involved | normal) from 0.30 to at most (15 + 10) / (50 + 10): 20 % of its prior strength of 50
@@ -393,7 +393,7 @@ def test_operator_feedback_is_bounded_and_logged(caplog):
     again = fusion_for(network=network)
     k = calm(again, 0)
     for k in range(k, k + 5):
-        result = window(again, k, p=1e-4, tops=PUMP_FAULTS["bearing_wear"])
+        result = window(again, k, p=1e-6, tops=PUMP_FAULTS["bearing_wear"])
     assert result.top_state == "bearing_wear" and result.top_fault_probability > 0.8
 
     confirmed = network.feedback(strong, "confirmed:bearing_wear")
@@ -407,7 +407,7 @@ def test_the_network_stores_what_it_learned():
     network = FaultNetwork.for_asset_type("pump")
     fusion = fusion_for(network=network)
     calm(fusion, 0)
-    network.feedback(window(fusion, 20, p=1e-4, tops=("flow",)), "false_alarm")
+    network.feedback(window(fusion, 20, p=1e-6, tops=("flow",)), "false_alarm")
     restored = FaultNetwork.for_asset_type("pump")
     restored.load_state(json.loads(json.dumps(network.to_state())))
     assert np.allclose(restored.p_level, network.p_level) and np.allclose(restored.p_involved, network.p_involved)
@@ -422,7 +422,7 @@ def test_state_round_trip_gives_identical_next_steps():
     fusion = fusion_for(asset, network=network)
     k = calm(fusion, 0)
     for k in range(k, k + 3):
-        window(fusion, k, p=1e-4, tops=PUMP_FAULTS["cavitation"])
+        window(fusion, k, p=1e-6, tops=PUMP_FAULTS["cavitation"])
     fusion.observe_rules([("limit", "suction_pressure", "low", "active", T0 + k * S)])
     fusion.observe_scores([score(d, "1m", T0 + (k + 1) * S, 1e-3, ("flow",)) for d in DETECTORS])  # pending
     stored = json.dumps(fusion.to_state())
@@ -441,13 +441,13 @@ def test_state_round_trip_gives_identical_next_steps():
 def test_a_config_cpt_override_takes_effect():
     default = fusion_for()
     settings = FusionSettings.model_validate(
-        {"cpt": {"pump": {"involvement": {"overheating": {"winding_temp": 0.02}}, "score_level": {"overheating": {"anomalous": 0.05}}}}}
+        {"cpt": {"pump": {"involvement": {"overheating": {"winding_temp": 0.02}}, "score_level": {"overheating": {"extreme": 0.05}}}}}
     )
     network = FaultNetwork.for_asset_type("pump", settings)
     i = network.state_index["overheating"]
     assert network.p_involved[i, network_role("winding_temp")] == pytest.approx(0.02)
     # a partial row: the levels not named keep their proportions in what is left
-    assert network.p_level[i] == pytest.approx([0.3 / 0.7 * 0.95, 0.2 / 0.7 * 0.95, 0.05, 0.2 / 0.7 * 0.95])
+    assert network.p_level[i] == pytest.approx([0.3 / 0.8 * 0.95, 0.2 / 0.8 * 0.95, 0.3 / 0.8 * 0.95, 0.05])
     directed = FaultNetwork.for_asset_type("pump", FusionSettings(cpt={"pump": {"involvement": {"cavitation": {"flow": {"rose": 0.1, "fell": 0.6}}}}}))
     c, flow = directed.state_index["cavitation"], network_role("flow")
     assert (directed.p_rose[c, flow], directed.p_fell[c, flow]) == (pytest.approx(0.1), pytest.approx(0.6))
@@ -456,7 +456,7 @@ def test_a_config_cpt_override_takes_effect():
     for f in (default, overridden):
         k = calm(f, 0)
         for k in range(k, k + 5):
-            result = window(f, k, p=1e-4, tops=PUMP_FAULTS["overheating"])
+            result = window(f, k, p=1e-6, tops=PUMP_FAULTS["overheating"])
         results.append(result)
     assert results[0].top_state == "overheating"
     assert results[1].top_state != "overheating" and results[1].posterior["overheating"] < 0.2
@@ -504,7 +504,7 @@ def test_roles_come_from_tag_names_or_the_config():
     for f in (plain, named):
         k = calm(f, 0)
         for k in range(k, k + 5):
-            result = window(f, k, p=1e-4, tops=("+TT_104",))
+            result = window(f, k, p=1e-6, tops=("+TT_104",))
     assert result.top_state == "overheating" and result.top_fault_probability > 0.8
     assert plain.roles["TT_104"] == "process_temp" and plain.probability("overheating") < 0.2
     with pytest.raises(ValidationError, match="tag_roles.pump-9.TT_104"):
@@ -525,7 +525,7 @@ def test_every_asset_type_names_its_faults():
         fusion = fusion_for(asset)
         k = calm(fusion, 0)
         for k in range(k, k + 5):
-            result = window(fusion, k, p=1e-4, tops=tops)
+            result = window(fusion, k, p=1e-6, tops=tops)
         assert result.top_state == fault, (asset_type, result.posterior)
 
 
@@ -535,7 +535,7 @@ def test_when_the_evidence_cannot_tell_two_faults_apart_the_message_names_both()
     fusion = fusion_for(AssetConfig(id="compressor-1", type="compressor", tags=[{"id": t} for t in COMPRESSOR_TAGS]))
     k = calm(fusion, 0)
     for k in range(k, k + 5):
-        result = window(fusion, k, p=1e-4, tops=("+vibration_rms",))
+        result = window(fusion, k, p=1e-6, tops=("+vibration_rms",))
     assert result.p_any_fault > 0.9
     assert " or " in result.message and "bearing wear" in result.message and "misalignment/imbalance" in result.message
 

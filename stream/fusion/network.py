@@ -71,10 +71,11 @@ _FLOOR = 1e-6
 
 def normal_level_row(settings: FusionSettings) -> np.ndarray:
     """P(level | normal) as calibration promises it: the widths of the p-value bins
-    (p is uniform under normal operation), the tails floored at ``calibration_floor``."""
+    (p is uniform under normal operation), each abnormal level floored (settings:
+    ``normal_elevated_floor``, ``normal_anomalous_floor``, ``calibration_floor``)."""
     e = settings.evidence
     row = np.array([1.0 - e.elevated_p, e.elevated_p - e.anomalous_p, e.anomalous_p - e.extreme_p, e.extreme_p])
-    row[2:] = np.maximum(row[2:], e.calibration_floor)
+    row[1:] = np.maximum(row[1:], [e.normal_elevated_floor, e.normal_anomalous_floor, e.calibration_floor])
     row[0] = 1.0 - row[1:].sum()
     return row
 

@@ -1,0 +1,223 @@
+"""Stream 3: from evidence to named faults and alarms, per asset, in event time.
+
+``Diagnosis`` sits after the detectors in ``stream.pipeline``: for each closed
+window of the finest detector scale it hands fusion (stream.fusion) that
+window's scores, the fast rules' hits and the share of Bad samples, steps the
+asset's filter, and lets the alarm book (stream.alarms) judge the fault
+probabilities. Operator commands and shelving expiry come in through
+``command`` and ``tick``. A plain object, no Kafka: the worker's analytics role
+and offline replays (backtests) drive the same code, so last week's data raises
+the same alarms, with the same ids, as it did live.
+
+What must survive a restart is handed out as state per key, for the driver's
+changelog table: ``<asset id>`` -> {"fusion": ..., "alarms": ...} and
+``area:<area>`` -> the area's flood state. The driver passes the table back in
+(``state_store``); each asset and area is restored from it the first time it is
+seen, so a restarted worker carries on with the same posterior and the same open
+alarms instead of raising a second id for an episode it already announced.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from stream.alarms import AlarmBook
+from stream.config import AssetConfig, ServiceConfig
+from stream.fusion import AssetFusion, FaultNetwork, FusionResult
+
+log = logging.getLogger(__name__)
+
+AREA_PREFIX = "area:"
+
+
+@dataclass
+class DiagnosisOutput:
+    """What one batch, command or tick produced."""
+
+    #: alarm events for the alerts topic (kind "alarm"), in order
+    alarms: list[dict] = field(default_factory=list)
+    #: (alert_id, record or None for a tombstone) for the compacted alarm-state topic
+    alarm_states: list[tuple[str, dict | None]] = field(default_factory=list)
+    #: changelog key -> new state (asset ids and "area:<area>")
+    state: dict[str, dict] = field(default_factory=dict)
+    #: fusion's verdict per step (kept for replays and backtests; the worker drops them)
+    results: list[FusionResult] = field(default_factory=list)
+    #: the operator command's error, if it was refused
+    error: str | None = None
+
+    def extend(self, other: "DiagnosisOutput") -> None:
+        self.alarms.extend(other.alarms)
+        self.alarm_states.extend(other.alarm_states)
+        self.state.update(other.state)
+        self.results.extend(other.results)
+
+
+class Diagnosis:
+    """Fusion and alarms for the assets of one pipeline."""
+
+    def __init__(self, config: ServiceConfig, assets: list[AssetConfig], keep_results: bool = False):
+        self.config = config
+        self.settings = config.fusion
+        self.keep_results = keep_results
+        self.book = AlarmBook(config.alarms, assets)
+        self._assets = {a.id: a for a in assets}
+        # One network per asset type: labeled learning and operator feedback teach the type.
+        self.networks = {t: FaultNetwork.for_asset_type(t, self.settings) for t in sorted({a.type for a in assets})}
+        self.fusion = {a.id: AssetFusion(a, self.networks[a.type], self.settings) for a in assets}
+        finest = min(config.detector_scales, key=lambda s: (s.hop_us, s.length_us))
+        #: fusion steps once per closed window of this scale
+        self.step_scale = finest.name
+        self._detectors = set(self.settings.detectors)
+        self._restored: set[str] = set()
+        #: the fusion result that last moved each open alarm, for operator feedback
+        self._last_result: dict[str, FusionResult] = {}
+
+    # -- restart -------------------------------------------------------------------------------
+
+    def restore(self, asset_id: str, state_store: Mapping[str, dict] | None) -> None:
+        """Take the asset's (and its area's) state from the changelog once, at first sight."""
+        if asset_id in self._restored:
+            return
+        self._restored.add(asset_id)
+        asset = self._assets[asset_id]
+        area_key = AREA_PREFIX + asset.area
+        if state_store is None:
+            return
+        saved = state_store.get(asset_id) or {}
+        if saved.get("fusion"):
+            self.fusion[asset_id] = AssetFusion.from_state(asset, self.networks[asset.type], self.settings, saved["fusion"])
+        if saved.get("alarms"):
+            self.book.restore(asset_id, saved["alarms"])
+        if area_key not in self._restored:
+            self._restored.add(area_key)
+            area = state_store.get(area_key)
+            if area:
+                self.book.restore_area(asset.area, area)
+
+    # -- driving -------------------------------------------------------------------------------
+
+    def process(
+        self,
+        asset: AssetConfig,
+        windows: list,
+        scores: list[dict],
+        rule_alerts: list[dict],
+        machine_readings: tuple[np.ndarray, np.ndarray] | None,
+        bad_fraction: float,
+        replayed: bool,
+    ) -> DiagnosisOutput:
+        """One batch of one asset: ``windows`` (stream.detection.WindowResult) closed
+        by it, their ``scores``, the batch's fast-rule alert messages, the readings of
+        the asset's machine-state tag (event times, values) and the batch's share of
+        Bad samples."""
+        out = DiagnosisOutput()
+        fusion = self.fusion[asset.id]
+        if machine_readings is not None:
+            times, values = machine_readings
+            self._machine_state(asset.id, times, values)
+        fusion.observe_rules(rule_alerts)
+        fusion.observe_quality(bad_fraction)
+        steps = sorted({w.window.end_us for w in windows if w.scale == self.step_scale})
+        usable = sorted((s for s in scores if s["detector"] in self._detectors), key=lambda s: s["window_end_us"])
+        i = 0
+        for end_us in steps:
+            j = i
+            while j < len(usable) and usable[j]["window_end_us"] <= end_us:
+                j += 1
+            fusion.observe_scores(usable[i:j])
+            i = j
+            out.extend(self._step(asset, fusion, end_us, replayed))
+        if i < len(usable):  # scores of coarser windows ending after the last step: the next step counts them
+            fusion.observe_scores(usable[i:])
+        if steps:
+            out.state[asset.id] = self._asset_state(asset.id)
+        self._collect_changes(out)
+        return out
+
+    def observe_late_scores(self, scores: list[dict]) -> None:
+        """Scores that arrive after their batch (the LSTM autoencoder's cross-asset
+        micro-batches): counted at their asset's next step, if still fresh."""
+        by_asset: dict[str, list[dict]] = {}
+        for s in scores:
+            if s["detector"] in self._detectors and s["asset_id"] in self.fusion:
+                by_asset.setdefault(s["asset_id"], []).append(s)
+        for asset_id, found in by_asset.items():
+            self.fusion[asset_id].observe_scores(found)
+
+    def command(self, command: dict, now_us: int) -> DiagnosisOutput:
+        """An operator command (alert-command.schema.json): acknowledge, shelve, ...;
+        feedback also teaches the asset type's network, within its bounds."""
+        out = DiagnosisOutput()
+        events, error = self.book.command(command, now_us)
+        out.alarms.extend(events)
+        out.error = error
+        if error is None and command.get("command") == "feedback":
+            self._feedback(command)
+        self._collect_changes(out)
+        return out
+
+    def tick(self, now_us: int) -> DiagnosisOutput:
+        """Wall-clock housekeeping: ends expired shelving."""
+        out = DiagnosisOutput()
+        out.alarms.extend(self.book.tick(now_us))
+        self._collect_changes(out)
+        return out
+
+    # -- inside --------------------------------------------------------------------------------
+
+    def _step(self, asset: AssetConfig, fusion: AssetFusion, end_us: int, replayed: bool) -> DiagnosisOutput:
+        out = DiagnosisOutput()
+        result = fusion.step(end_us)
+        if self.keep_results:
+            out.results.append(result)
+        context = {**result.context(), "replayed": replayed}
+        events = self.book.evaluate(asset.id, end_us, result.fault_probabilities, context)
+        for event in events:
+            self._last_result[event["alert_id"]] = result
+        out.alarms.extend(events)
+        return out
+
+    def _machine_state(self, asset_id: str, times: np.ndarray, values: np.ndarray) -> None:
+        # Only changes matter to the book: feed the first reading and every change.
+        if times.size == 0:
+            return
+        keep = np.ones(times.size, dtype=bool)
+        keep[1:] = values[1:] != values[:-1]
+        for t, v in zip(times[keep].tolist(), values[keep].tolist()):
+            self.book.machine_state(asset_id, t, v)
+
+    def _feedback(self, command: dict) -> None:
+        alert_id = command.get("alert_id")
+        asset_id = command.get("asset_id")
+        fusion = self.fusion.get(asset_id)
+        result = self._last_result.get(alert_id)
+        if fusion is None or result is None:
+            # After a restart the evidence that raised the alarm is gone; the alarm
+            # keeps the label (for retraining), the network learns nothing from it.
+            log.info("feedback on %s kept on the alarm; its evidence is not in memory, so fusion learns nothing from it", alert_id)
+            return
+        label = command["label"]
+        fault = command.get("fault")
+        try:
+            fusion.feedback(result, label, fault=fault, user=command.get("user"))
+        except ValueError as exc:  # e.g. a fault this asset type does not know
+            log.warning("feedback on %s not learned: %s", alert_id, exc)
+
+    def _asset_state(self, asset_id: str) -> dict:
+        return {"fusion": self.fusion[asset_id].to_state(), "alarms": self.book.state_of(asset_id)}
+
+    def _collect_changes(self, out: DiagnosisOutput) -> None:
+        for alert_id in AlarmBook.touched(out.alarms):
+            record = self.book.snapshot(alert_id)
+            if record is not None:
+                out.alarm_states.append((alert_id, record))
+        out.alarm_states.extend((alert_id, None) for alert_id in self.book.take_tombstones())
+        assets, areas = self.book.take_changes()
+        for asset_id in assets:
+            out.state[asset_id] = self._asset_state(asset_id)
+        for area in areas:
+            out.state[AREA_PREFIX + area] = self.book.area_state(area)
