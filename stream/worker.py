@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import faust
+import orjson
 
 from stream.config import ServiceConfig
 from stream.kafka_admin import ensure_topics
@@ -52,6 +53,8 @@ log = logging.getLogger("edgewatch.worker")
 STATS_INTERVAL_S = 10.0
 #: the longest an LSTM sequence waits for others to share its forward pass
 SEQUENCE_WAIT_S = 0.2
+#: how often timed shelving is checked for expiry (wall clock)
+SHELVING_CHECK_S = 5.0
 
 
 #: the consumer-group (faust app id) suffix of the analytics role
@@ -160,11 +163,21 @@ def _analytics_app(config: ServiceConfig) -> faust.App:
     readings = _raw_topic(app, topics.readings)
     features = _raw_topic(app, topics.features)
     scores = _raw_topic(app, topics.scores)
-    pipeline = Pipeline(config, models=load_catalog(config))
+    alerts = _raw_topic(app, topics.alerts)
+    alarm_state = _raw_topic(app, topics.alarm_state)
+    commands = _raw_topic(app, topics.alert_commands)
+    deadletter = _raw_topic(app, topics.deadletter)
+    # Fusion's posterior and the alarm book per asset (and flood state per area):
+    # restored from the changelog after a restart, so an open alarm keeps its id.
+    diagnosis_state = app.Table("diagnosis-state", default=dict, partitions=config.kafka.partitions)
+    pipeline = Pipeline(config, models=load_catalog(config), diagnosis_store=diagnosis_state)
     # The rules run here too, as evidence only (their alerts are the rules role's):
     # their state is kept in memory, rebuilt from the stream after a restart.
     rule_state: dict[str, dict] = {}
-    counters = {"messages": 0, "samples": 0, "windows": 0, "scores": 0}
+    # State changed outside a stream iteration (a timer) waits for the next one:
+    # faust tables may only be written while iterating a stream.
+    pending_state: dict[str, dict] = {}
+    counters = {"messages": 0, "samples": 0, "windows": 0, "scores": 0, "alarm_events": 0, "commands": 0, "rejected_commands": 0}
     # LSTM sequences wait in the pipeline's queue so that many assets share one
     # forward pass; they are scored when the queue is full (inside process), when
     # the oldest has waited SEQUENCE_WAIT_S, or by the timer below when input is quiet.
@@ -179,6 +192,27 @@ def _analytics_app(config: ServiceConfig) -> faust.App:
             await scores.send(key=message["asset_id"].encode(), value=encode_message(message))
         counters["windows"] += len(feature_messages)
         counters["scores"] += len(score_messages)
+
+    async def send_alarms(outputs) -> None:
+        """Alarm events (forced, like alerts), then their state records; the
+        diagnosis state is stored by the caller once Kafka has both."""
+        sent = []
+        for event in outputs.alarms:
+            key = event["asset_id"] or f"area:{event['area']}"
+            sent.append(await alerts.send(key=key.encode(), value=encode_message(event), force=True))
+        for alert_id, record in outputs.alarm_states:
+            value = encode_message(record) if record is not None else None  # None: a tombstone
+            sent.append(await alarm_state.send(key=alert_id.encode(), value=value, force=True))
+        if sent:
+            await asyncio.gather(*sent)
+        counters["alarm_events"] += len(outputs.alarms)
+
+    def store_state(outputs) -> None:
+        if pending_state:
+            for key, value in pending_state.items():
+                diagnosis_state[key] = value
+            pending_state.clear()
+        outputs.apply_diagnosis_state(diagnosis_state)
 
     async def flush_sequences(force: bool) -> None:
         if pipeline.pending_sequences == 0:
@@ -199,18 +233,82 @@ def _analytics_app(config: ServiceConfig) -> faust.App:
             # A refused message is dead-lettered by the rules role; here it is skipped.
             outputs = pipeline.process(event.value, source, rule_state)
             outputs.apply_state(rule_state)
+            if outputs.alarms or outputs.alarm_states:
+                await send_alarms(outputs)
+            store_state(outputs)
             if outputs.features or outputs.scores:
                 await send_analytics(outputs.features, outputs.scores)
             await flush_sequences(force=False)
             counters["messages"] += 1
             counters["samples"] += outputs.samples
 
+    @app.agent(commands, name="apply-alert-commands", concurrency=1)
+    async def apply_commands(stream):
+        async for event in stream.events():
+            message = event.message
+            source = Source(message.topic, message.partition, message.offset, message.key)
+            try:
+                command = orjson.loads(event.value)
+            except (orjson.JSONDecodeError, TypeError) as exc:
+                outputs = None
+                reason = f"alert command is not JSON: {exc}"
+            else:
+                outputs = pipeline.command(command, int(time.time() * 1e6))
+                reason = outputs.command_error
+            if reason is not None:
+                # Refused (malformed, unknown alarm, not allowed in its state): the
+                # sender finds the reason on the dead-letter topic; nothing changed.
+                log.warning("alert command refused (%s:%s@%s): %s", message.topic, message.partition, message.offset, reason)
+                letter = pipeline.deadletter(event.value, ValueError(reason), source)
+                letter["error"] = "command_rejected"
+                await deadletter.send(key=message.key, value=encode_message(letter), force=True)
+                counters["rejected_commands"] += 1
+                continue
+            await send_alarms(outputs)
+            store_state(outputs)
+            counters["commands"] += 1
+
     @app.timer(SEQUENCE_WAIT_S)
     async def score_waiting_sequences() -> None:
         await flush_sequences(force=True)
 
+    @app.timer(SHELVING_CHECK_S)
+    async def end_expired_shelving() -> None:
+        outputs = pipeline.tick(int(time.time() * 1e6))
+        if outputs.alarms or outputs.alarm_states:
+            await send_alarms(outputs)
+        pending_state.update(outputs.diagnosis_state)
+
+    if config.api.enabled and pipeline.diagnosis is not None:
+        _serve_api(app, config, pipeline, commands)
+
     _stats_timer(app, "analytics", counters)
     return app
+
+
+def _serve_api(app: faust.App, config: ServiceConfig, pipeline: Pipeline, commands) -> None:
+    """The operator HTTP API (stream.api), inside the analytics role's event loop."""
+    from aiohttp import web
+
+    from stream.api import build_app
+
+    async def submit(command: dict) -> None:
+        sent = await commands.send(key=command["asset_id"].encode(), value=encode_message(command), force=True)
+        await sent
+
+    web_app = build_app(config.api.token, pipeline.diagnosis.book, submit, time.time)
+    runner = web.AppRunner(web_app, access_log=None)
+
+    @app.task
+    async def start_api() -> None:
+        await runner.setup()
+        site = web.TCPSite(runner, config.api.host, config.api.port)
+        await site.start()
+        log.info("operator API listening on http://%s:%d (bearer token from api.token)", config.api.host, config.api.port)
+
+    @app.on_before_shutdown.connect
+    async def stop_api(app, **kwargs) -> None:
+        await runner.cleanup()
 
 
 def run_worker(config: ServiceConfig, role: str) -> None:

@@ -249,6 +249,13 @@ class AlarmBook(OperatorCommands):
                 ids.update((m["alert_id"], None) for m in event["flood"]["members"])
         return list(ids)
 
+    def known_alarms(self) -> list[str]:
+        """Every alert id the book still holds (open, and closed ones still kept)."""
+        return list(self._index)
+
+    def knows_asset(self, asset_id: str) -> bool:
+        return asset_id in self._assets
+
     def open_alarms(self, asset_id: str) -> list[str]:
         """The alert ids of the asset's open alarms (for status displays and tests)."""
         state = self._states.get(asset_id) or _new_asset_state()
