@@ -268,6 +268,8 @@ class AssetDetection:
         return out
 
     def _score(self, scale: str, windows: list[ClosedWindow], X: np.ndarray):
+        # the trained detectors' verdict per window, which the online detector heeds
+        trained_p = np.ones(len(windows))
         for scaled in self.models.get(scale, ()):
             aligned = scaled.align(X)
             calibrated = scaled.model
@@ -275,6 +277,7 @@ class AssetDetection:
                 self._queue_sequences(scaled, windows, aligned)
                 continue
             result = calibrated.score(aligned)
+            trained_p = np.minimum(trained_p, result.p_value)
             for j, window in enumerate(windows):
                 top = self.top_tags(calibrated, result.contributions[j], aligned[j])
                 yield j, score_message(
@@ -293,6 +296,13 @@ class AssetDetection:
                     yield j, score_message(self.asset, ONLINE_DETECTOR, 0, window, result.raw[0], p, online.false_alarm_rate, top)
                     if p <= ONLINE_LEARN_GUARD_P:
                         continue  # do not learn what looks like a fault
+                if trained_p[j] <= ONLINE_LEARN_GUARD_P:
+                    # Nor what a trained model calls a fault, even while warming up: an
+                    # online detector (re)started during a fault (a worker restart, a new
+                    # asset) would otherwise learn the fault as normal and call the
+                    # return to normal an anomaly (measured: a misalignment alarm after
+                    # a cavitation ended, raised by a restart 140 s into the fault).
+                    continue
                 online.learn(row, result.raw)
 
     def _queue_sequences(self, scaled: ScaledModel, windows: list[ClosedWindow], aligned: np.ndarray) -> None:

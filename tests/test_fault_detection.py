@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
 
 def run(config, catalog, seconds, faults=(), seed=7, day=1):
     """Replay a simulated run of pump-1 through the pipeline with the trained models."""
-    pipeline = Pipeline(config, max_future_check=False, models=catalog, assets=["pump-1"])
+    pipeline = Pipeline(config, max_future_check=False, models=catalog, assets=["pump-1"], keep_fusion=True)
     start = T0 + day * DAY_US
     result = replay(config, simulated_history(config, ["pump-1"], start, seconds, faults=faults, seed=seed), pipeline=pipeline)
     return start, result
@@ -90,6 +90,9 @@ def test_load_changes_and_setpoint_steps_stay_below_the_threshold(trained):
         longest = max((len(run) for run in "".join("x" if f else "." for f in flags).split(".")), default=0)
         assert longest <= 3, f"{detector} at {scale}: {longest} anomalous windows in a row on normal data"
     assert result.alerts == []  # no fast rule fires on normal operation either
+    # ... and fusion raises no fault alarm: load cycles and new setpoints are normal
+    assert result.alarms == [], [a["message"] for a in result.alarms]
+    assert max(f.p_any_fault for f in result.fusion) < 0.5
 
 
 @pytest.mark.parametrize("kind", PROCESS_FAULTS)
@@ -142,3 +145,61 @@ def test_offline_replay_is_deterministic_event_time(trained):
     assert first.features == second.features
     key = lambda m: (m["detector"], m["scale"], m["window_end_us"])  # noqa: E731
     assert sorted(first.scores, key=key) == sorted(second.scores, key=key)
+    assert [a["alert_id"] for a in first.alarms] == [a["alert_id"] for a in second.alarms] != []
+
+
+# --------------------------------------------------------------------------- fault alarms (fusion + alarm book)
+
+#: fusion's name for each simulated fault (misalignment and imbalance share one signature)
+FUSION_NAME = {kind: kind for kind in PROCESS_FAULTS} | {"misalignment": "misalignment_imbalance", "imbalance": "misalignment_imbalance"}
+#: alarm runs: 5 min normal, the fault for 5 min, then 10 min normal again
+ALARM_FAULT_START_S, ALARM_FAULT_S, ALARM_RUN_S = 300, 300, 1200
+
+
+@pytest.mark.parametrize("kind", PROCESS_FAULTS)
+def test_each_fault_episode_raises_exactly_one_alarm_naming_it_and_returns_to_normal(trained, kind):
+    config, _, catalog = trained
+    fault = f"pump-1:{kind}@{ALARM_FAULT_START_S}+{ALARM_FAULT_S}"
+    start, result = run(config, catalog, ALARM_RUN_S, faults=[fault])
+    truth = PlantSimulation([("pump-1", "pump")], [fault], start_us=start).ground_truth()[0]
+    at = lambda event: (event["source_data_time_us"] - start) / 1e6  # noqa: E731
+    (raised,) = [a for a in result.alarms if a["event"] == "raised"]  # exactly one alarm for the episode
+    assert raised["fault"] == FUSION_NAME[kind], raised["message"]
+    assert raised["annunciated"] and raised["state"] == "active_unacknowledged" and not raised["late"]
+    # raised while the fault is on: within a minute, except bearing wear (it ramps up
+    # over the whole episode: by half of it) and overheating (a slow thermal lag: 4 min)
+    allowed = {"bearing_wear": ALARM_FAULT_S / 2, "overheating": 240}.get(kind, 60)
+    assert ALARM_FAULT_START_S < at(raised) < ALARM_FAULT_START_S + allowed, at(raised)
+    # the operator is told which tags moved, with their values and normal ranges
+    assert raised["top_tags"] and raised["top_tags"][0]["id"] in set(truth["tags"]), raised["top_tags"]
+    assert raised["message"].startswith(f"pump-1: {FUSION_NAME[kind].replace('_', ' ')}")
+    # fusion ranked the right fault first through the episode's second half
+    late = [f for f in result.fusion if ALARM_FAULT_START_S + ALARM_FAULT_S / 2 < (f.event_time_us - start) / 1e6 <= ALARM_FAULT_START_S + ALARM_FAULT_S]
+    assert np.mean([f.top_fault == FUSION_NAME[kind] for f in late]) >= 0.9
+    # it returns to normal once the fault is over, under the same id, and stays quiet
+    (returned,) = [a for a in result.alarms if a["event"] == "returned"]
+    assert returned["alert_id"] == raised["alert_id"] and returned["state"] == "returned_unacknowledged"
+    assert ALARM_FAULT_START_S + ALARM_FAULT_S < at(returned) < ALARM_FAULT_START_S + ALARM_FAULT_S + 180, at(returned)
+    assert {a["alert_id"] for a in result.alarms} == {raised["alert_id"]}
+
+
+def test_a_restart_in_the_middle_of_an_episode_keeps_its_alert_id(trained):
+    """The worker stops mid-episode and a new one carries on from the changelog state,
+    re-reading the last 10 s (at-least-once): the same alarm returns, no second id."""
+    config, _, catalog = trained
+    fault = f"pump-1:cavitation@{ALARM_FAULT_START_S}+{ALARM_FAULT_S}"
+    start = T0 + DAY_US
+    history = list(simulated_history(config, ["pump-1"], start, ALARM_RUN_S, faults=[fault], seed=7))
+    stop_us, resume_us = start + 450_000_000, start + 440_000_000
+    before = [b for b in history if b.ts_us[0] < stop_us]
+    after = [b for b in history if b.ts_us[0] >= resume_us]
+    first = replay(config, before, pipeline=Pipeline(config, max_future_check=False, models=catalog, assets=["pump-1"]), flush=False)
+    (raised,) = [a for a in first.alarms if a["event"] == "raised"]
+    restarted = Pipeline(config, max_future_check=False, models=catalog, assets=["pump-1"], diagnosis_store=dict(first.diagnosis_state))
+    second = replay(config, after, pipeline=restarted)
+    assert not [a for a in second.alarms if a["event"] == "raised"], "the restart raised the episode again"
+    (returned,) = [a for a in second.alarms if a["event"] == "returned"]
+    assert returned["alert_id"] == raised["alert_id"]
+    # and the ids are what an uninterrupted run gives
+    _, whole = run(config, catalog, ALARM_RUN_S, faults=[fault])
+    assert {a["alert_id"] for a in whole.alarms} == {raised["alert_id"]}
