@@ -164,12 +164,12 @@ def run_bench_fusion(updates: int = 20_000, output: Path | None = None, console:
     if output is not None:
         when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         lines = [
-            "Reproduce: `.venv/bin/python -m edgewatch.bench_fusion` (no Kafka; under a minute).",
+            "Reproduce: `scripts/bootstrap.sh && .venv/bin/edgewatch bench-fusion` (no Kafka; under a minute).",
             f"Measured {when} on: {machine}.",
             f"One pump (11 tags), three detectors at 1 s / 10 s / 1 min scales, {updates:,} updates of one 1 s window each, "
             "one thread, garbage collector off while timing; p-values uniform except two fault episodes.",
         ]
-        replace_section(output, "fusion", lines, rows, "## Bayesian fusion (`edgewatch.bench_fusion`)")
+        replace_section(output, "fusion", lines, rows, "## Bayesian fusion (`edgewatch bench-fusion`)")
         console.print(f"written to {output}")
     return rows
 

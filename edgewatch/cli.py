@@ -203,6 +203,18 @@ def bench_analytics(
     run_analytics(output, console, quick=quick)
 
 
+@app.command("bench-fusion")
+@user_errors
+def bench_fusion(
+    updates: int = typer.Option(20_000, help="Fusion updates to time (one asset-window each)."),
+    output: Path = typer.Option(REPO / "BENCHMARKS.md", help="Where the figures are written (a section is replaced)."),
+) -> None:
+    """Bayesian fusion: time per asset-window update (scores in, fault probabilities out)."""
+    from edgewatch.bench_fusion import run_bench_fusion
+
+    run_bench_fusion(updates, output, console)
+
+
 @app.command("bench-gpu")
 @user_errors
 def bench_gpu_report(
