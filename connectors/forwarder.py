@@ -110,7 +110,11 @@ PRODUCER_DEFAULTS = {
     "reconnect.backoff.max.ms": 2000,
 }
 #: Settings the guarantees depend on: always applied.
-PRODUCER_REQUIRED = {"enable.idempotence": True, "acks": "all"}
+# murmur2 of the key, as the Java client (and so most MES producers) and faust pick a
+# partition: an asset's readings and the commands about it (HTTP API, MES) then land
+# on the same partition number, where the worker keeps that asset's state. librdkafka's
+# own default (CRC32) would put them on different partitions.
+PRODUCER_REQUIRED = {"enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random"}
 
 # Broker answers that mean "this record will never be accepted", whatever we do.
 _REJECTED_FOR_GOOD = {

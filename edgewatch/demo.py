@@ -65,9 +65,14 @@ class _View:
         self.alert_count += 1
         if self.first_alert_after_s is None:
             self.first_alert_after_s = time.monotonic() - self.started
-        (self.active[alert["asset_id"]].add if alert["state"] == "active" else self.active[alert["asset_id"]].discard)(
-            alert["alert_id"]
-        )
+        # Two kinds on the alerts topic: fast-rule alerts (active / cleared) and fault
+        # alarms (ISA-18.2 states; a flood alarm has no asset of its own).
+        if alert.get("kind") == "alarm":
+            active = alert["state"] in ("active_unacknowledged", "active_acknowledged")
+            asset_id = alert["asset_id"] or f"area:{alert['area']}"
+        else:
+            active, asset_id = alert["state"] == "active", alert["asset_id"]
+        (self.active[asset_id].add if active else self.active[asset_id].discard)(alert["alert_id"])
         self.alerts.appendleft(alert)
 
     def rate(self, asset_id: str) -> float:
@@ -93,8 +98,9 @@ class _View:
         for column in ("event time (UTC)", "state", "priority", "message"):
             alerts.add_column(column)
         for alert in self.alerts:
-            style = "bold red" if alert["state"] == "active" else "green"
-            alerts.add_row(alert["event_time"][11:23], f"[{style}]{alert['state']}[/]", alert["priority"], alert["message"])
+            style = "bold red" if alert["state"] in ("active", "active_unacknowledged") else "green"
+            when = alert.get("event_time") or alert.get("last_change") or ""
+            alerts.add_row(when[11:23], f"[{style}]{alert['state']}[/]", alert["priority"], alert["message"])
         links = Table(title="connections (edgewatch connect)")
         for column in ("device", "protocol", "connected", "samples", "last good read"):
             links.add_column(column)

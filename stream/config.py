@@ -608,9 +608,18 @@ class ServiceConfig(_Section):
         for name in (self.detectors.scales or []):
             if name not in names:
                 raise ValueError(f"detectors.scales names {name!r}, which is not in windows.scales ({', '.join(names)})")
-        for asset_id in self.alarms.assets:
-            if asset_id not in {a.id for a in self.assets}:
+        assets = {a.id: a for a in self.assets}
+        for asset_id, entry in self.alarms.assets.items():
+            if asset_id not in assets:
                 raise ValueError(f"alarms.assets names {asset_id!r}, which is not among the assets")
+            mapping = entry.machine_state
+            if mapping is not None and mapping.tag not in {t.id for t in assets[asset_id].tags}:
+                raise ValueError(
+                    f"alarms.assets.{asset_id}.machine_state.tag is {mapping.tag!r}, which is not a tag of asset {asset_id!r}: "
+                    "name the tag that carries its run state"
+                )
+        if self.api.enabled and not self.fusion.enabled:
+            raise ValueError("api.enabled needs fusion.enabled: the API serves the fault alarms, which fusion raises (the analytics role serves it)")
         lstm = self.detectors.lstm_autoencoder
         if lstm.enabled and lstm.scale not in names:
             raise ValueError(f"detectors.lstm_autoencoder.scale is {lstm.scale!r}, which is not in windows.scales ({', '.join(names)})")

@@ -25,7 +25,9 @@ def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0, extra_config: d
     for kind, name in kafka.topics.all().items():
         if name in existing:
             continue
-        config = {"cleanup.policy": "compact"} if kind in COMPACTED else {}
+        # Compacted: the latest value per key is what counts. Tombstones are kept a week
+        # (broker default: a day) so an MES that was down over a weekend still sees them.
+        config = {"cleanup.policy": "compact", "delete.retention.ms": str(7 * 86_400_000)} if kind in COMPACTED else {}
         config.update(extra_config or {})
         wanted.append(NewTopic(name, num_partitions=kafka.partitions, replication_factor=kafka.replication_factor, config=config))
     if not wanted:

@@ -253,8 +253,15 @@ def _analytics_app(config: ServiceConfig) -> faust.App:
                 outputs = None
                 reason = f"alert command is not JSON: {exc}"
             else:
-                outputs = pipeline.command(command, int(time.time() * 1e6))
-                reason = outputs.command_error
+                asset_id = command.get("asset_id") if isinstance(command, dict) else None
+                if isinstance(asset_id, str) and message.key != asset_id.encode():
+                    # the asset's state lives on the partition its key picks: a command
+                    # keyed otherwise may reach a worker that does not hold the asset
+                    reason = f'alert command key "{(message.key or b"").decode(errors="replace")}" differs from asset_id "{asset_id}": send it with the asset id as key'
+                    outputs = None
+                else:
+                    outputs = pipeline.command(command, int(time.time() * 1e6))
+                    reason = outputs.command_error
             if reason is not None:
                 # Refused (malformed, unknown alarm, not allowed in its state): the
                 # sender finds the reason on the dead-letter topic; nothing changed.

@@ -28,7 +28,7 @@ def start_worker(config_path: Path, log_path: Path) -> Child:
 
 
 def producer(bootstrap: str) -> Producer:
-    return Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    return Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random"})
 
 
 class TopicReader:
