@@ -10,8 +10,9 @@ and offline replays (backtests) drive the same code, so last week's data raises
 the same alarms, with the same ids, as it did live.
 
 What must survive a restart is handed out as state per key, for the driver's
-changelog table: ``<asset id>`` -> {"fusion": ..., "alarms": ...} and
-``area:<area>`` -> the area's flood state. The driver passes the table back in
+changelog table: ``<asset id>`` -> {"fusion": ..., "alarms": ...},
+``area:<area>`` -> the area's flood state and ``network:<asset type>`` -> what
+operator feedback taught that type's network. The driver passes the table back in
 (``state_store``); each asset and area is restored from it the first time it is
 seen, so a restarted worker carries on with the same posterior and the same open
 alarms instead of raising a second id for an episode it already announced.
@@ -32,6 +33,8 @@ from stream.fusion import AssetFusion, FaultNetwork, FusionResult
 log = logging.getLogger(__name__)
 
 AREA_PREFIX = "area:"
+#: changelog key of what an asset type's network learned (operator feedback)
+NETWORK_PREFIX = "network:"
 
 
 @dataclass
@@ -97,6 +100,15 @@ class Diagnosis:
             area = state_store.get(area_key)
             if area:
                 self.book.restore_area(asset.area, area)
+        network_key = NETWORK_PREFIX + asset.type
+        if network_key not in self._restored:
+            self._restored.add(network_key)
+            learned = state_store.get(network_key)
+            if learned:
+                try:
+                    self.networks[asset.type].load_state(learned)
+                except ValueError as exc:  # learned for another model version: start from the defaults
+                    log.warning("fusion: %s; starting %s from the default tables", exc, asset.type)
 
     # -- driving -------------------------------------------------------------------------------
 
@@ -155,8 +167,11 @@ class Diagnosis:
         events, error = self.book.command(command, now_us)
         out.alarms.extend(events)
         out.error = error
-        if error is None and command.get("command") == "feedback":
-            self._feedback(command)
+        # only a feedback the book took (a re-sent command_id is answered with nothing)
+        applied = any(e["event"] == "feedback" for e in events)
+        if error is None and applied and self._feedback(command):
+            asset_type = self._assets[command["asset_id"]].type
+            out.state[NETWORK_PREFIX + asset_type] = self.networks[asset_type].to_state()
         self._collect_changes(out)
         return out
 
@@ -190,7 +205,8 @@ class Diagnosis:
         for t, v in zip(times[keep].tolist(), values[keep].tolist()):
             self.book.machine_state(asset_id, t, v)
 
-    def _feedback(self, command: dict) -> None:
+    def _feedback(self, command: dict) -> bool:
+        """Teach the network from an operator's verdict; True if it learned."""
         alert_id = command.get("alert_id")
         asset_id = command.get("asset_id")
         fusion = self.fusion.get(asset_id)
@@ -199,13 +215,15 @@ class Diagnosis:
             # After a restart the evidence that raised the alarm is gone; the alarm
             # keeps the label (for retraining), the network learns nothing from it.
             log.info("feedback on %s kept on the alarm; its evidence is not in memory, so fusion learns nothing from it", alert_id)
-            return
+            return False
         label = command["label"]
         fault = command.get("fault")
         try:
-            fusion.feedback(result, label, fault=fault, user=command.get("user"))
+            change = fusion.feedback(result, label, fault=fault, user=command.get("user"))
         except ValueError as exc:  # e.g. a fault this asset type does not know
             log.warning("feedback on %s not learned: %s", alert_id, exc)
+            return False
+        return change.state is not None
 
     def _asset_state(self, asset_id: str) -> dict:
         return {"fusion": self.fusion[asset_id].to_state(), "alarms": self.book.state_of(asset_id)}
