@@ -33,6 +33,11 @@ from stream.fusion import AssetFusion, FaultNetwork, FusionResult
 log = logging.getLogger(__name__)
 
 AREA_PREFIX = "area:"
+#: fusion's posterior alone goes to the changelog at most this often per asset (event
+#: time); any alarm change writes at once. Written every 1 s step, the state (a few kB
+#: of JSON per asset and second) cost the analytics role more than fusion itself; a
+#: restarted worker resumes from a posterior at most this old, with its alarms exact.
+FUSION_SAVE_EVERY_US = 10_000_000
 #: changelog key of what an asset type's network learned (operator feedback)
 NETWORK_PREFIX = "network:"
 
@@ -76,6 +81,7 @@ class Diagnosis:
         self.step_scale = finest.name
         self._detectors = set(self.settings.detectors)
         self._restored: set[str] = set()
+        self._saved_at: dict[str, int] = {}
         #: the fusion result that last moved each open alarm, for operator feedback
         self._last_result: dict[str, FusionResult] = {}
 
@@ -145,7 +151,7 @@ class Diagnosis:
             out.extend(self._step(asset, fusion, end_us, replayed))
         if i < len(usable):  # scores of coarser windows ending after the last step: the next step counts them
             fusion.observe_scores(usable[i:])
-        if steps:
+        if steps and steps[-1] - self._saved_at.get(asset.id, -FUSION_SAVE_EVERY_US) >= FUSION_SAVE_EVERY_US:
             out.state[asset.id] = self._asset_state(asset.id)
         self._collect_changes(out)
         return out
@@ -226,7 +232,10 @@ class Diagnosis:
         return change.state is not None
 
     def _asset_state(self, asset_id: str) -> dict:
-        return {"fusion": self.fusion[asset_id].to_state(), "alarms": self.book.state_of(asset_id)}
+        fusion = self.fusion[asset_id]
+        if fusion.time_us is not None:
+            self._saved_at[asset_id] = fusion.time_us
+        return {"fusion": fusion.to_state(), "alarms": self.book.state_of(asset_id)}
 
     def _collect_changes(self, out: DiagnosisOutput) -> None:
         for alert_id in AlarmBook.touched(out.alarms):
