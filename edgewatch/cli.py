@@ -359,6 +359,7 @@ def config_check(config: Path = typer.Argument(DEFAULT_CONFIG, envvar="EDGEWATCH
 from edgewatch import train_cli  # noqa: E402  (needs user_errors and ConfigOption above)
 
 train_cli.register(app, user_errors, ConfigOption)
+from edgewatch import backtest_cli  # noqa: E402,F401  (registers `edgewatch backtest`)
 
 
 if __name__ == "__main__":
