@@ -360,6 +360,7 @@ from edgewatch import train_cli  # noqa: E402  (needs user_errors and ConfigOpti
 
 train_cli.register(app, user_errors, ConfigOption)
 from edgewatch import backtest_cli  # noqa: E402,F401  (registers `edgewatch backtest`)
+from edgewatch import eval_sim  # noqa: E402,F401  (registers `edgewatch evaluate-sim`)
 
 
 if __name__ == "__main__":
