@@ -361,6 +361,7 @@ from edgewatch import train_cli  # noqa: E402  (needs user_errors and ConfigOpti
 train_cli.register(app, user_errors, ConfigOption)
 from edgewatch import backtest_cli  # noqa: E402,F401  (registers `edgewatch backtest`)
 from edgewatch import eval_sim  # noqa: E402,F401  (registers `edgewatch evaluate-sim`)
+from edgewatch import eval_tep  # noqa: E402,F401  (registers `edgewatch evaluate-tep`)
 
 
 if __name__ == "__main__":
