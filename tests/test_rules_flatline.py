@@ -203,3 +203,28 @@ def test_the_vectorised_shortcut_decides_exactly_as_walking_every_sample():
         assert sorted(got) == sorted(expected), f"scenario {scenario}"
         compared += len(expected)
     assert compared > 300  # stuck, jittering, drifting, silent and Bad stretches did happen
+
+
+def test_a_slow_asset_read_once_a_minute_still_flatlines():
+    # A historian export or a slow Modbus poll: one sample per tag per batch, a minute
+    # apart. Each batch is a long step in event time; the rule must not take every
+    # step for a rebalance and forget the run (it used to: no flatline, ever).
+    slow = {"id": "bearing_temp", "unit": "degC", "flatline_after_s": 600}
+    worker = Worker(plant(slow, FLOW))
+    values = [50.0, 51.0, 52.0] + [52.5] * 15  # frozen from minute 3 on
+    alerts = []
+    for k, value in enumerate(values):
+        alerts += worker.send(series("bearing_temp", [value], k * 60.0), series("flow", [100.0 + k], k * 60.0))
+    assert brief(alerts) == [("flatline", "flatline", "active", 780.0)]  # 10 minutes after the run began
+    assert alerts[0]["episode_start"] == "2026-03-14T08:18:00.000000Z"
+
+
+def test_a_long_gap_in_event_time_still_forgets_young_runs():
+    # The asset steps 0.5 s per batch; an hour's gap means another worker may have
+    # seen the value move meanwhile: the young run is dropped, not carried over.
+    worker = Worker(plant(BEARING, FLOW))
+    assert run_batches(worker, [52.1] * 20) == []  # 2 s flat: young, in memory only
+    later = 3600.0
+    alerts = run_batches(worker, [52.1] * 40, start_s=later)  # 4 s more, flat at the same value
+    assert alerts == []  # 2 s + 4 s would pass 5 s only if the run had been carried across the gap
+    assert brief(run_batches(worker, [52.1] * 20, start_s=later + 4.0)) == [("flatline", "flatline", "active", later + 5.0)]

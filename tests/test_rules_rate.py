@@ -102,3 +102,13 @@ def test_normal_noise_writes_no_state():
         assert worker.send(series("flow", noise, at_s=i * 0.5), series("speed", [1500] * 5, at_s=i * 0.5)) == []
     assert worker.store.writes == 0
     assert ASSET not in worker.store
+
+
+def test_a_slow_asset_read_once_a_minute_still_sees_a_jump():
+    # One sample per batch, a minute apart: the pair spans two batches every time.
+    slow = {"id": "flow", "unit": "m3/h", "max_rate_per_s": 0.5}
+    worker = Worker(plant(slow))
+    alerts = []
+    for k, value in enumerate([100, 101, 102, 160, 161]):
+        alerts += worker.send(series("flow", [value], k * 60.0))
+    assert brief(alerts) == [("rate_of_change", "rate", "active", 180.0), ("rate_of_change", "rate", "cleared", 240.0)]

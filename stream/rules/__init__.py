@@ -50,6 +50,12 @@ __all__ = [
 #: and back), and what is remembered may be stale: it is dropped. Dropping only
 #: delays evidence by a sample or a run; keeping stale memory could invent it.
 MEMORY_GAP_US = 30_000_000
+#: ...or by more than this many of the asset's usual steps between batches,
+#: whichever is longer. An asset read every minute (a historian export, a slow
+#: Modbus poll) steps 60 s from batch to batch: against 30 s alone every batch
+#: looked like a jump, the memory was dropped each time, and a frozen value
+#: never raised a flatline, nor a jump a rate-of-change alert.
+MEMORY_GAP_STEPS = 10
 
 _EMPTY: dict = {}
 
@@ -72,6 +78,8 @@ class FastRules:
         self.rules = [rule for rule in candidates if rule.configured]
         self._with_memory = [rule for rule in self.rules if hasattr(rule, "forget")]
         self._clock_us = NEVER_US
+        #: the usual event-time step from one batch to the next (None: not seen yet)
+        self._step_us: float | None = None
         self._last_state: dict | None = None
 
     def evaluate(
@@ -112,7 +120,18 @@ class FastRules:
         worker changed nothing."""
         start = batch.clock_start_us
         foreign = self._last_state is not None and state is not self._last_state and state != self._last_state
-        if foreign or start > self._clock_us + MEMORY_GAP_US:
+        jumped = False
+        if self._clock_us != NEVER_US:
+            step = max(start - self._clock_us, 0)
+            usual = self._step_us
+            jumped = step > max(MEMORY_GAP_US, MEMORY_GAP_STEPS * (usual if usual is not None else 0.0))
+            # Learn the usual step; a jump moves it by at most a doubling, so one
+            # rebalance does not teach the rule to take the next one for a step.
+            if usual is None:
+                self._step_us = float(step)
+            else:
+                self._step_us = usual + 0.1 * (min(step, 2.0 * usual + 1.0) - usual)
+        if foreign or jumped:
             for rule in self._with_memory:
                 rule.forget()
         self._clock_us = max(self._clock_us, batch.clock_end_us)
