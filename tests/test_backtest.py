@@ -395,3 +395,19 @@ def test_pool_sums_counts_and_pools_episodes():
     assert evaluation.pool([a]) == a
     with pytest.raises(ValueError):
         evaluation.score(t, np.zeros(6, bool), np.zeros(5, bool))
+
+
+def test_every_option_the_guide_names_is_an_option_of_the_command():
+    # docs/backtest.md is what a user copies from: an option renamed in the code
+    # but not in the guide would send them to an error.
+    import re
+    from pathlib import Path
+
+    import typer.main
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "backtest.md").read_text(encoding="utf-8")
+    command = typer.main.get_command(app).commands["backtest"]
+    known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+|-c)(?![\w-])", guide.split("## Evaluations")[0]))
+    assert named, "the guide names no option"
+    assert sorted(named - known) == []
