@@ -243,7 +243,9 @@ class TagConfig(_Section):
 
 class AssetConfig(_Section):
     id: Identifier
-    type: Literal["pump", "motor", "fan", "compressor", "generic"] = "generic"
+    #: a built-in type (pump, motor, fan, compressor, generic: stream/fusion/faults.py) or
+    #: one declared under fusion.asset_types (checked with the whole file, _cross_check)
+    type: Identifier = "generic"
     criticality: Literal["low", "medium", "high"] = "medium"
     area: str = "default"
     tags: list[TagConfig] = Field(min_length=1)
@@ -579,7 +581,8 @@ class ApiSettings(_Section):
 
 # Fusion and alarm settings live with their code; they need _Section and AssetConfig above.
 from stream.alarms.settings import AlarmSettings  # noqa: E402
-from stream.fusion.settings import FusionSettings  # noqa: E402
+from stream.fusion.faults import ASSET_TYPES  # noqa: E402
+from stream.fusion.settings import FusionSettings, check_cpt_overrides  # noqa: E402
 
 
 class ServiceConfig(_Section):
@@ -715,8 +718,40 @@ def _describe_location(doc: Any, loc: tuple, from_pydantic: bool = True) -> tupl
 
 
 def _cross_check(config: ServiceConfig) -> list[tuple[tuple, str]]:
-    """What pydantic cannot see inside one entry: tags naming connections that exist."""
+    """What pydantic cannot see inside one entry: asset types that are built in or
+    declared under fusion.asset_types, table overrides of a declared type naming its
+    tags, tags naming connections that exist."""
     problems = []
+    declared = config.fusion.asset_types
+    for a, asset in enumerate(config.assets):
+        if asset.type not in ASSET_TYPES and asset.type not in declared:
+            known = f"; declared there: {', '.join(declared)}" if declared else ""
+            problems.append(
+                (
+                    ("assets", a, "type"),
+                    f"Input should be a built-in asset type ({', '.join(ASSET_TYPES)}) or one declared under fusion.asset_types, "
+                    f"got {asset.type!r}: declare it under fusion.asset_types (with its faults) or use one of the built-in types{known}",
+                )
+            )
+    tag_typed = {name for name, learned in declared.items() if learned.roles == "tags"}
+    type_of = {asset.id: asset.type for asset in config.assets}
+    for key in config.fusion.tag_roles:
+        asset_type = key if key in tag_typed else type_of.get(key)
+        if asset_type in tag_typed:
+            problems.append(
+                (
+                    ("fusion", "tag_roles", key),
+                    f"{asset_type} is declared with roles: tags (fusion.asset_types.{asset_type}.roles): every tag of it is its own role, "
+                    "so tag_roles does not apply; leave it out, or declare the type with roles: names",
+                )
+            )
+    by_tags = [name for name in tag_typed if name in config.fusion.cpt]
+    if by_tags:  # a roles: tags type's table overrides name its assets' tags
+        tags_of = {name: list(dict.fromkeys(t.id for asset in config.assets if asset.type == name for t in asset.tags)) for name in by_tags}
+        try:
+            check_cpt_overrides({name: config.fusion.cpt[name] for name in by_tags}, declared, tags_of)
+        except ValueError as exc:
+            problems.append((("fusion", "cpt"), str(exc)))
     opcua = {c.id for c in config.connections.opcua}
     modbus = {c.id: c for c in config.connections.modbus}
     for a, asset in enumerate(config.assets):

@@ -12,10 +12,22 @@ the same alarms, with the same ids, as it did live.
 What must survive a restart is handed out as state per key, for the driver's
 changelog table: ``<asset id>`` -> {"fusion": ..., "alarms": ...},
 ``area:<area>`` -> the area's flood state and ``network:<asset type>`` -> what
-operator feedback taught that type's network. The driver passes the table back in
-(``state_store``); each asset and area is restored from it the first time it is
-seen, so a restarted worker carries on with the same posterior and the same open
-alarms instead of raising a second id for an episode it already announced.
+labeled history and operator feedback taught that type's network. The driver passes
+the table back in (``state_store``); each asset and area is restored from it the
+first time it is seen, so a restarted worker carries on with the same posterior and
+the same open alarms instead of raising a second id for an episode it already announced.
+
+One network per asset type, built-in (pump, motor, ...) or learned (declared under
+``fusion.asset_types``; a ``roles: tags`` type's roles are the tag ids of all the
+config's assets of that type, so every worker's network has the same vocabulary).
+A learned type's faults take their pattern from labeled history::
+
+    out = diagnosis.learn_from_labeled("reactor_unit", records, state_store)
+    store.update(out.state)          # "network:reactor_unit": kept over a restart
+
+(``Pipeline.learn_from_labeled`` does the same with the pipeline's store.) Records
+are ``(StepEvidence or FusionResult or its evidence dict, state)``; the fusion of every
+asset of the type uses what was learned from the next step on.
 """
 
 from __future__ import annotations
@@ -56,6 +68,8 @@ class DiagnosisOutput:
     results: list[FusionResult] = field(default_factory=list)
     #: the operator command's error, if it was refused
     error: str | None = None
+    #: labeled records learned (Diagnosis.learn_from_labeled)
+    learned: int = 0
 
     def extend(self, other: "DiagnosisOutput") -> None:
         self.alarms.extend(other.alarms)
@@ -71,10 +85,12 @@ class Diagnosis:
         self.config = config
         self.settings = config.fusion
         self.keep_results = keep_results
-        self.book = AlarmBook(config.alarms, assets)
         self._assets = {a.id: a for a in assets}
         # One network per asset type: labeled learning and operator feedback teach the type.
-        self.networks = {t: FaultNetwork.for_asset_type(t, self.settings) for t in sorted({a.type for a in assets})}
+        # A roles: tags type's vocabulary is the tags of all the config's assets of the type
+        # (not only this pipeline's), so every worker learns and stores over the same roles.
+        self.networks = {t: FaultNetwork.for_assets(t, config.assets, self.settings) for t in sorted({a.type for a in assets})}
+        self.book = AlarmBook(config.alarms, assets, {t: n.fault_words() for t, n in self.networks.items()})
         self.fusion = {a.id: AssetFusion(a, self.networks[a.type], self.settings) for a in assets}
         finest = min(config.detector_scales, key=lambda s: (s.hop_us, s.length_us))
         #: fusion steps once per closed window of this scale
@@ -106,15 +122,43 @@ class Diagnosis:
             area = state_store.get(area_key)
             if area:
                 self.book.restore_area(asset.area, area)
-        network_key = NETWORK_PREFIX + asset.type
-        if network_key not in self._restored:
-            self._restored.add(network_key)
-            learned = state_store.get(network_key)
-            if learned:
-                try:
-                    self.networks[asset.type].load_state(learned)
-                except ValueError as exc:  # learned for another model version: start from the defaults
-                    log.warning("fusion: %s; starting %s from the default tables", exc, asset.type)
+        self._restore_network(asset.type, state_store)
+
+    def _restore_network(self, asset_type: str, state_store: Mapping[str, dict] | None) -> None:
+        """What the type's network learned, from the changelog, once (at first sight)."""
+        network_key = NETWORK_PREFIX + asset_type
+        if network_key in self._restored:
+            return
+        self._restored.add(network_key)
+        learned = (state_store or {}).get(network_key)
+        if learned:
+            try:
+                # learned over other roles: a warning, and the default tables
+                self.networks[asset_type].load_state(learned)
+            except ValueError as exc:  # learned for another model version: start from the defaults
+                log.warning("fusion: %s; starting %s from the default tables", exc, asset_type)
+
+    # -- learning ------------------------------------------------------------------------------
+
+    def learn_from_labeled(self, asset_type: str, records, state_store: Mapping[str, dict] | None = None) -> DiagnosisOutput:
+        """Teach the network of ``asset_type`` from labeled history: records are
+        ``(evidence, state)`` or ``{"evidence": ..., "label": state}``, the evidence a
+        StepEvidence, its dict or a FusionResult (FaultNetwork.learn_from_labeled). Every
+        asset of the type fuses with what was learned from its next step on.
+
+        What the type learned before is taken from ``state_store`` first (once, as at an
+        asset's first sight), so that it is added to, not replaced later. The result's
+        ``state`` holds the network's new state under "network:<type>": store it (as
+        after operator feedback) and a restarted worker keeps what was learned."""
+        network = self.networks.get(asset_type)
+        if network is None:
+            raise ValueError(f"no asset of type {asset_type!r} here; the types of these assets: {', '.join(self.networks)}")
+        self._restore_network(asset_type, state_store)
+        out = DiagnosisOutput()
+        out.learned = network.learn_from_labeled(records)
+        if out.learned:
+            out.state[NETWORK_PREFIX + asset_type] = network.to_state()
+        return out
 
     # -- driving -------------------------------------------------------------------------------
 

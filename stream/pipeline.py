@@ -314,6 +314,20 @@ class Pipeline:
         outputs.add_diagnosis(self.diagnosis.command(command, now_us))
         return outputs
 
+    def learn_from_labeled(self, asset_type: str, records) -> Outputs:
+        """Teach fusion's network of an asset type from labeled history (a learned type's
+        faults get their pattern this way): records are ``(evidence, state)`` with the
+        evidence a StepEvidence, its dict or a FusionResult (``keep_fusion`` keeps them
+        in a replay). What the type learned before comes from ``diagnosis_store`` first;
+        the network's new state comes back in ``Outputs.diagnosis_state``
+        ("network:<type>"): store it (``apply_diagnosis_state``) and a restart keeps it.
+        Raises ValueError when fusion is off or no asset here has that type."""
+        if self.diagnosis is None:
+            raise ValueError("fusion is off in this pipeline (fusion.enabled is false, or detection is not full): nothing to teach")
+        outputs = Outputs()
+        outputs.add_diagnosis(self.diagnosis.learn_from_labeled(asset_type, records, self.diagnosis_store))
+        return outputs
+
     def tick(self, now_us: int) -> Outputs:
         """Wall-clock housekeeping of the alarm book (shelving that ran out)."""
         outputs = Outputs()

@@ -32,7 +32,14 @@ SIMULATED_TYPES = {"pump": "pump", "motor": "motor", "fan": "fan", "compressor":
 
 def simulated_assets(config: ServiceConfig) -> list[tuple[str, str]]:
     """The assets that have at least one tag with a source, checked against the model catalogues."""
-    assets = [(a.id, SIMULATED_TYPES[a.type]) for a in config.assets if any(t.source is not None for t in a.tags)]
+    served = [a for a in config.assets if any(t.source is not None for t in a.tags)]
+    for a in served:
+        if a.type not in SIMULATED_TYPES:
+            raise ValueError(
+                f'device "{a.id}": the simulator has no model of a {a.type} (a type declared under fusion.asset_types); '
+                f"it simulates {', '.join(SIMULATED_TYPES)}: give the asset's tags no source, or serve it from another plant"
+            )
+    assets = [(a.id, SIMULATED_TYPES[a.type]) for a in served]
     if not assets:
         raise ValueError("no tag of the configuration has a source (OPC UA node or Modbus register): nothing to serve")
     return assets

@@ -73,9 +73,12 @@ class AlarmBook(OperatorCommands):
 
     ``command`` and ``tick`` (operator commands, shelving expiry) are in stream.alarms.operator."""
 
-    def __init__(self, settings: AlarmSettings, assets: list[AssetConfig]):
+    def __init__(self, settings: AlarmSettings, assets: list[AssetConfig], fault_words: dict[str, dict[str, str]] | None = None):
         self.settings = settings
         self._assets = {a.id: a for a in assets}
+        #: asset id -> fault -> how its messages say it, where that is not the fault's name
+        #: (a learned asset type's declared words: FaultNetwork.fault_words, by asset type)
+        self._words = {a.id: dict((fault_words or {}).get(a.type) or {}) for a in assets}
         for asset_id, entry in settings.assets.items():
             asset = self._assets.get(asset_id)
             if asset is None:
@@ -99,6 +102,10 @@ class AlarmBook(OperatorCommands):
         self._tombstones: list[str] = []
         #: evaluations ignored because the asset had been judged at or after their event time
         self.stale_evaluations = 0
+
+    def _fault_words(self, asset_id: str, fault: str | None) -> str:
+        """How messages say a fault of this asset: its declared words, else its name in words."""
+        return self._words.get(asset_id, {}).get(fault) or text.fault_words(fault)
 
     # ----------------------------------------------------------------------- inputs
 
@@ -268,7 +275,7 @@ class AlarmBook(OperatorCommands):
         priority = settings.priority(p, asset.criticality)
         ctx = text.context_for(context, fault)
         point["active"] = True
-        words = text.fault_words(fault)
+        words = self._fault_words(asset.id, fault)
         if life.reopens(point, self._realarm_us):
             episode = point["episode"]
             life.reopen(episode, t, p, priority, ctx)
@@ -295,7 +302,7 @@ class AlarmBook(OperatorCommands):
         episode = point["episode"]
         point["active"], point["returned_us"] = False, t
         event = life.return_to_normal(episode, t, p)
-        words = text.fault_words(episode["fault"])
+        words = self._fault_words(asset.id, episode["fault"])
         if event == "returned":
             message = f"{asset.id}: {words} down to {text.percent(p)}, back to normal; acknowledge to close the alarm"
         else:
@@ -307,7 +314,7 @@ class AlarmBook(OperatorCommands):
         episode = point["episode"]
         before = episode["priority"]
         episode.update(priority=priority, probability=p, last_change_us=t, source_data_time_us=t, context=text.context_for(context, episode["fault"]))
-        message = text.with_why(f"{asset.id}: {text.fault_words(episode['fault'])} up to {text.percent(p)}, priority {before} -> {priority}", episode["context"])
+        message = text.with_why(f"{asset.id}: {self._fault_words(asset.id, episode['fault'])} up to {text.percent(p)}, priority {before} -> {priority}", episode["context"])
         return self._event("escalated", asset, point, episode, late=late, t=t, message=message)
 
     def _suppression_changed(self, asset, point, causes, t, late, command) -> dict:
@@ -318,7 +325,7 @@ class AlarmBook(OperatorCommands):
         if command is None:
             episode["source_data_time_us"] = t
         state = self._states[asset.id]
-        words = text.fault_words(episode["fault"])
+        words = self._fault_words(asset.id, episode["fault"])
         reasons = []
         if "machine_state" in causes:
             at = machine.state_at(state["machine_states"], t) if command is None else self._machine_now(state)
@@ -363,12 +370,12 @@ class AlarmBook(OperatorCommands):
             kind = "flood_started"
             message = (
                 f"{name}: alarm flood, {rate} alarms in {text.seconds(self.settings.flood_window_s)}; new alarms here are grouped "
-                f"(first: {asset.id} {text.fault_words(episode['fault'])})"
+                f"(first: {asset.id} {self._fault_words(asset.id, episode['fault'])})"
             )
         else:
             floods.join(flood, t, member, episode["priority"], rate)
             kind = "flood_updated"
-            message = f"{name}: alarm flood, {len(flood['members'])} alarms grouped (latest: {asset.id} {text.fault_words(episode['fault'])})"
+            message = f"{name}: alarm flood, {len(flood['members'])} alarms grouped (latest: {asset.id} {self._fault_words(asset.id, episode['fault'])})"
         episode["flood_id"] = flood["alert_id"]
         cause = t if kind == "flood_started" else episode["alert_id"]
         return [self._flood_event(kind, flood, t=t, cause=cause, message=message)]

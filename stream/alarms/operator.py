@@ -89,7 +89,7 @@ class OperatorCommands:
 
     def _alarm_command(self, asset, command, now_us) -> tuple[list[dict], str | None]:
         point, episode = self._find(asset.id, command.alert_id)
-        words = f"{asset.id} {text.fault_words(episode['fault'])}"
+        words = f"{asset.id} {self._fault_words(asset.id, episode['fault'])}"
         name = f"alarm {command.alert_id} ({words})"
         fields = command.fields()
         who = command.who(now_us)
@@ -102,7 +102,7 @@ class OperatorCommands:
                 by = episode["acknowledged"]
                 return [], f"{name} was acknowledged already, by {by['user']} at {text.clock(by['at_us'])}"
             kind = life.acknowledge(episode, now_us, who)
-            message = f"{asset.id}: {text.fault_words(episode['fault'])} acknowledged by {command.user}"
+            message = f"{asset.id}: {self._fault_words(asset.id, episode['fault'])} acknowledged by {command.user}"
             if kind == "closed":
                 message += "; closed (it had returned to normal)"
             events.append(self._event(kind, asset, point, episode, late=False, t=None, message=message, command=fields, cause=command.command_id))
@@ -117,27 +117,27 @@ class OperatorCommands:
                 granted = min(command.duration_s, self.settings.max_shelve_s)
                 until = now_us + granted * 1_000_000
                 point["shelved"] = {**who, "until_us": until, "requested_s": command.duration_s}
-                message = f"{asset.id}: {text.fault_words(episode['fault'])} shelved by {command.user} until {text.clock(until)}"
+                message = f"{asset.id}: {self._fault_words(asset.id, episode['fault'])} shelved by {command.user} until {text.clock(until)}"
                 if granted < command.duration_s:
                     message += f" (asked for {text.seconds(command.duration_s)}; at most {text.seconds(self.settings.max_shelve_s)} allowed, alarms.max_shelve_s)"
             else:
                 if point["shelved"] is None:
                     return [], f"{name} is not shelved: nothing to unshelve"
                 point["shelved"] = None
-                message = f"{asset.id}: {text.fault_words(episode['fault'])} unshelved by {command.user}"
+                message = f"{asset.id}: {self._fault_words(asset.id, episode['fault'])} unshelved by {command.user}"
             episode["last_change_us"] = now_us
             kind = "shelved" if command.command == "shelve" else "unshelved"
             events.append(self._event(kind, asset, point, episode, late=False, t=None, message=message, command=fields, cause=command.command_id))
         elif command.command == "comment":
             life.add_comment(episode, who)
             episode["last_change_us"] = now_us
-            message = f"{asset.id}: {text.fault_words(episode['fault'])}: {command.user}: {command.comment}"
+            message = f"{asset.id}: {self._fault_words(asset.id, episode['fault'])}: {command.user}: {command.comment}"
             events.append(self._event("commented", asset, point, episode, late=False, t=None, message=message, command=fields, cause=command.command_id))
         elif command.command == "feedback":
             episode["feedback"] = {"label": command.label, "fault": command.fault, "user": command.user, "at_us": now_us, "command_id": command.command_id}
             episode["last_change_us"] = now_us
-            verdict = f"confirmed {text.fault_words(command.fault)}" if command.fault else command.label.replace("_", " ")
-            message = f"{asset.id}: {text.fault_words(episode['fault'])}: feedback by {command.user}: {verdict}"
+            verdict = f"confirmed {self._fault_words(asset.id, command.fault)}" if command.fault else command.label.replace("_", " ")
+            message = f"{asset.id}: {self._fault_words(asset.id, episode['fault'])}: feedback by {command.user}: {verdict}"
             events.append(self._event("feedback", asset, point, episode, late=False, t=None, message=message, command=fields, cause=command.command_id))
         if command.comment is not None and command.command != "comment":
             life.add_comment(episode, who)  # a reason given with an acknowledge or a shelve belongs in the log too
@@ -204,5 +204,5 @@ class OperatorCommands:
         self._changed_assets.add(asset.id)
         episode = point["episode"]
         episode["last_change_us"] = shelved["until_us"]
-        message = f"{asset.id}: {text.fault_words(episode['fault'])} shelving by {shelved['user']} expired"
+        message = f"{asset.id}: {self._fault_words(asset.id, episode['fault'])} shelving by {shelved['user']} expired"
         return [self._event("unshelved", asset, point, episode, late=False, t=None, message=message, cause=f"expired:{shelved['until_us']}")]

@@ -7,7 +7,8 @@ One module per job:
 
 * ``roles``    what a tag measures (vibration, bearing_temp, ...), from its name or the config;
 * ``faults``   the faults of each asset type, the roles they move, the default table values;
-* ``settings`` ``FusionSettings``, the ``fusion:`` section of the configuration;
+* ``settings`` ``FusionSettings``, the ``fusion:`` section of the configuration (learned
+  asset types included: ``fusion.asset_types``, faults learned from labeled history);
 * ``evidence`` scores, rule events and data quality -> one step's evidence counts;
 * ``network``  ``FaultNetwork``: the CPTs (Dirichlet counts), learning, feedback, transitions;
 * ``asset``    ``AssetFusion``: the forward filter of one asset, its persisted state;
@@ -22,7 +23,7 @@ from stream.fusion.faults import NORMAL, SENSOR_FAULT, SIGNATURES, UNKNOWN_ANOMA
 from stream.fusion.network import FaultNetwork, FeedbackChange
 from stream.fusion.result import FusionResult
 from stream.fusion.roles import ROLES, role_from_name
-from stream.fusion.settings import FusionSettings
+from stream.fusion.settings import FusionSettings, LearnedAssetType
 
 __all__ = [
     "AssetFusion",
@@ -30,6 +31,7 @@ __all__ = [
     "FeedbackChange",
     "FusionResult",
     "FusionSettings",
+    "LearnedAssetType",
     "NORMAL",
     "ROLES",
     "SENSOR_FAULT",

@@ -16,6 +16,8 @@ recovery rate, it is never pushed there by evidence that did not arrive.
 Driving it::
 
     fusion = AssetFusion(asset, FaultNetwork.for_asset_type(asset.type, settings), settings)
+    # a learned type with roles: tags needs its assets' tags (stream.diagnosis does this):
+    #   FaultNetwork.for_assets(asset.type, config.assets, settings)
     fusion.observe_scores(outputs.scores)        # as stream.detection makes them
     fusion.observe_rules(events)                 # RuleEvent, alert dicts or (rule, tag, condition, state, ts_us)
     fusion.observe_quality(bad_fraction)         # share of Bad samples in the window
@@ -54,8 +56,18 @@ class AssetFusion:
         self.asset = asset
         self.network = network
         self.settings = settings or network.settings
-        self.roles = tag_roles(asset.id, asset.type, [t.id for t in asset.tags], self.settings.tag_roles)
-        self.evidence = EvidenceCollector(asset, self.roles, self.settings.evidence)
+        tag_ids = [t.id for t in asset.tags]
+        if network.roles_are_tags:  # a learned type with roles: tags: every tag is its own role
+            missing = [t for t in tag_ids if t not in network.role_index]
+            if missing:
+                raise ValueError(
+                    f"asset {asset.id}: tags {', '.join(missing)} are not roles of the {asset.type} network given "
+                    f"(built over other assets' tags): use FaultNetwork.for_assets({asset.type!r}, assets, settings) with this asset among them"
+                )
+            self.roles = {t: t for t in tag_ids}
+        else:
+            self.roles = tag_roles(asset.id, asset.type, tag_ids, self.settings.tag_roles)
+        self.evidence = EvidenceCollector(asset, self.roles, self.settings.evidence, network.roles, network.roles_are_tags)
         self.posterior: np.ndarray = network.stationary()
         #: event time of the last step (None before the first)
         self.time_us: int | None = None
@@ -125,7 +137,7 @@ class AssetFusion:
             drivers=drivers,
             evidence=ev,
             explanation=why,
-            message=message(self.asset.id, ranked, top_fault, p_any, why),
+            message=message(self.asset.id, ranked, top_fault, p_any, why, self.network.words),
         )
 
     def probability(self, state: str) -> float:

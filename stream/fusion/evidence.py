@@ -35,11 +35,17 @@ How each kind counts:
   kind and role. Only hits are evidence. A jump on one tag with nothing else
   involved counts as a ``spike`` (see ``_rule_hits``).
 * **data quality**: the latest share of Bad samples handed in since the last step.
+
+The role axis of every array is the vocabulary of the asset type's network
+(``StepEvidence.vocabulary``): the 17 built-in roles (stream/fusion/roles.py), or the
+tag ids of a learned type's assets where it has ``roles: tags`` (every tag its own
+role). The collector maps tags to it; ``StepEvidence.to_dict`` names the entries by
+it (and carries the vocabulary where it is not the built-in one).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -49,6 +55,7 @@ from stream.fusion.faults import LEVELS, QUALITY_LEVELS, RULE_KINDS
 from stream.fusion.roles import ROLE_INDEX, ROLES, role_from_name
 from stream.fusion.settings import FusionEvidence
 
+#: the built-in vocabulary's size (a network's own: len(network.roles))
 N_ROLES = len(ROLES)
 N_LEVELS = len(LEVELS)
 N_KINDS = len(RULE_KINDS)
@@ -70,51 +77,113 @@ def direction(tag: Mapping) -> int:
 
 @dataclass
 class StepEvidence:
-    """One step's evidence as counts per node value (arrays over LEVELS, ROLES, RULE_KINDS)."""
+    """One step's evidence as counts per node value (arrays over LEVELS, the role
+    vocabulary, RULE_KINDS). Arrays left out are zeros of the vocabulary's size."""
 
     #: weighted number of scores per p-value level
-    levels: np.ndarray = field(default_factory=lambda: np.zeros(N_LEVELS))
+    levels: np.ndarray = None  # type: ignore[assignment]
     #: weighted "a tag of this role is among the top tags", per role: above its normal range ...
-    rose: np.ndarray = field(default_factory=lambda: np.zeros(N_ROLES))
+    rose: np.ndarray = None  # type: ignore[assignment]
     #: ... below it ...
-    fell: np.ndarray = field(default_factory=lambda: np.zeros(N_ROLES))
+    fell: np.ndarray = None  # type: ignore[assignment]
     #: ... or either (inside the range, unknown, or a feature without a level such as std)
-    involved: np.ndarray = field(default_factory=lambda: np.zeros(N_ROLES))
+    involved: np.ndarray = None  # type: ignore[assignment]
     #: weighted "the asset has this role, and the score did not blame it"
-    not_involved: np.ndarray = field(default_factory=lambda: np.zeros(N_ROLES))
+    not_involved: np.ndarray = None  # type: ignore[assignment]
     #: rule hits per (kind, role)
-    hits: np.ndarray = field(default_factory=lambda: np.zeros((N_KINDS, N_ROLES)))
+    hits: np.ndarray = None  # type: ignore[assignment]
     #: how many rule observations the step stands for (the "no hit" count when learning)
     rule_weight: float = 0.0
     #: the roles the asset has
-    present: np.ndarray = field(default_factory=lambda: np.zeros(N_ROLES))
+    present: np.ndarray = None  # type: ignore[assignment]
     #: bad-sample level, one-hot when observed
-    quality: np.ndarray = field(default_factory=lambda: np.zeros(len(QUALITY_LEVELS)))
+    quality: np.ndarray = None  # type: ignore[assignment]
+    #: the roles the role axis stands for: the network's vocabulary (built-in ROLES, or
+    #: a learned type's tag ids)
+    vocabulary: tuple[str, ...] = ROLES
+
+    def __post_init__(self) -> None:
+        r = len(self.vocabulary)
+        if self.levels is None:
+            self.levels = np.zeros(N_LEVELS)
+        for name in ("rose", "fell", "involved", "not_involved", "present"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(r))
+        if self.hits is None:
+            self.hits = np.zeros((N_KINDS, r))
+        if self.quality is None:
+            self.quality = np.zeros(len(QUALITY_LEVELS))
 
     @property
     def empty(self) -> bool:
         return not (self.levels.any() or self.hits.any() or self.quality.any())
 
     def to_dict(self) -> dict:
-        """JSON-ready, non-zero entries by name (for labeled history and feedback records)."""
+        """JSON-ready, non-zero entries by name (for labeled history and feedback records).
+        Evidence over another vocabulary than the built-in roles also carries it
+        (``vocabulary``), so that ``from_dict`` reads it back."""
 
         def named(values, names):
             return {n: float(v) for n, v in zip(names, values) if v}
 
-        return {
+        roles = self.vocabulary
+        doc = {
             "levels": named(self.levels, LEVELS),
-            "rose": named(self.rose, ROLES),
-            "fell": named(self.fell, ROLES),
-            "involved": named(self.involved, ROLES),
-            "not_involved": named(self.not_involved, ROLES),
-            "hits": {kind: named(row, ROLES) for kind, row in zip(RULE_KINDS, self.hits) if row.any()},
+            "rose": named(self.rose, roles),
+            "fell": named(self.fell, roles),
+            "involved": named(self.involved, roles),
+            "not_involved": named(self.not_involved, roles),
+            "hits": {kind: named(row, roles) for kind, row in zip(RULE_KINDS, self.hits) if row.any()},
             "rule_weight": float(self.rule_weight),
-            "roles": [r for r, p in zip(ROLES, self.present) if p],
+            "roles": [r for r, p in zip(roles, self.present) if p],
             "quality": named(self.quality, QUALITY_LEVELS),
         }
+        if tuple(roles) != ROLES:
+            doc["vocabulary"] = list(roles)
+        return doc
+
+    def over(self, vocabulary) -> "StepEvidence":
+        """The same evidence over another role vocabulary (by name). A role with evidence
+        that ``vocabulary`` lacks is an error: it would be silently lost."""
+        vocabulary = tuple(vocabulary)
+        if vocabulary == tuple(self.vocabulary):
+            return self
+        index = {role: i for i, role in enumerate(vocabulary)}
+        used = self.rose + self.fell + self.involved + self.not_involved + self.present + self.hits.sum(axis=0)
+        missing = [role for role, u in zip(self.vocabulary, used) if u and role not in index]
+        if missing:
+            raise ValueError(
+                f"evidence over roles {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''} that this network does not have "
+                f"(its roles: {', '.join(vocabulary[:8])}{' ...' if len(vocabulary) > 8 else ''})"
+            )
+        source = [i for i, role in enumerate(self.vocabulary) if role in index]
+        target = [index[self.vocabulary[i]] for i in source]
+
+        def moved(a: np.ndarray) -> np.ndarray:
+            out = np.zeros(a.shape[:-1] + (len(vocabulary),))
+            out[..., target] = a[..., source]
+            return out
+
+        return StepEvidence(
+            levels=self.levels.copy(),
+            rose=moved(self.rose),
+            fell=moved(self.fell),
+            involved=moved(self.involved),
+            not_involved=moved(self.not_involved),
+            hits=moved(self.hits),
+            rule_weight=self.rule_weight,
+            present=moved(self.present),
+            quality=self.quality.copy(),
+            vocabulary=vocabulary,
+        )
 
     @classmethod
-    def from_dict(cls, doc: Mapping) -> "StepEvidence":
+    def from_dict(cls, doc: Mapping, vocabulary=None) -> "StepEvidence":
+        """Read ``to_dict``'s form back. The role names are those of the doc's
+        ``vocabulary``, else of ``vocabulary`` (a network's roles), else the built-in ROLES;
+        the result is over ``vocabulary`` when one is given."""
+        roles = tuple(doc.get("vocabulary") or vocabulary or ROLES)
+
         def vector(values: Mapping, names, what: str) -> np.ndarray:
             index = {n: i for i, n in enumerate(names)}
             out = np.zeros(len(names))
@@ -124,34 +193,38 @@ class StepEvidence:
                 out[index[name]] = float(value)
             return out
 
-        hits = np.zeros((N_KINDS, N_ROLES))
+        hits = np.zeros((N_KINDS, len(roles)))
         for kind, row in (doc.get("hits") or {}).items():
             if kind not in KIND_INDEX:
                 raise ValueError(f"evidence record: unknown rule kind {kind!r}; kinds: {', '.join(RULE_KINDS)}")
-            hits[KIND_INDEX[kind]] = vector(row, ROLES, "role")
-        return cls(
+            hits[KIND_INDEX[kind]] = vector(row, roles, "role")
+        ev = cls(
             levels=vector(doc.get("levels"), LEVELS, "level"),
-            rose=vector(doc.get("rose"), ROLES, "role"),
-            fell=vector(doc.get("fell"), ROLES, "role"),
-            involved=vector(doc.get("involved"), ROLES, "role"),
-            not_involved=vector(doc.get("not_involved"), ROLES, "role"),
+            rose=vector(doc.get("rose"), roles, "role"),
+            fell=vector(doc.get("fell"), roles, "role"),
+            involved=vector(doc.get("involved"), roles, "role"),
+            not_involved=vector(doc.get("not_involved"), roles, "role"),
             hits=hits,
             rule_weight=float(doc.get("rule_weight", 0.0)),
-            present=vector({r: 1.0 for r in doc.get("roles") or ()}, ROLES, "role"),
+            present=vector({r: 1.0 for r in doc.get("roles") or ()}, roles, "role"),
             quality=vector(doc.get("quality"), QUALITY_LEVELS, "quality level"),
+            vocabulary=roles,
         )
+        return ev if vocabulary is None else ev.over(vocabulary)
 
     @classmethod
-    def coerce(cls, evidence: Any) -> "StepEvidence":
-        """A StepEvidence, its dict, or anything carrying one as ``.evidence`` (a FusionResult)."""
+    def coerce(cls, evidence: Any, vocabulary=None) -> "StepEvidence":
+        """A StepEvidence, its dict, or anything carrying one as ``.evidence`` (a FusionResult);
+        over ``vocabulary`` (a network's roles) when given."""
         if isinstance(evidence, StepEvidence):
-            return evidence
-        inner = getattr(evidence, "evidence", None)
-        if isinstance(inner, StepEvidence):
-            return inner
-        if isinstance(evidence, Mapping):
-            return cls.from_dict(evidence)
-        raise TypeError(f"evidence must be a StepEvidence, its dict or a FusionResult, got {type(evidence).__name__}")
+            found = evidence
+        elif isinstance(getattr(evidence, "evidence", None), StepEvidence):
+            found = evidence.evidence
+        elif isinstance(evidence, Mapping):
+            return cls.from_dict(evidence, vocabulary)
+        else:
+            raise TypeError(f"evidence must be a StepEvidence, its dict or a FusionResult, got {type(evidence).__name__}")
+        return found if vocabulary is None else found.over(vocabulary)
 
 
 class _Score:
@@ -202,15 +275,30 @@ def _rule_event(event: Any, asset: AssetConfig) -> tuple[str, str, str, str, int
 
 
 class EvidenceCollector:
-    """Evidence of one asset between steps (see the module doc for how each kind counts)."""
+    """Evidence of one asset between steps (see the module doc for how each kind counts).
 
-    def __init__(self, asset: AssetConfig, roles: Mapping[str, str], settings: FusionEvidence):
+    ``roles``: tag id -> role, each a name of ``vocabulary`` (the network's roles;
+    the built-in ROLES by default). With ``roles_are_tags`` every tag is its own role,
+    and a tag outside the vocabulary (not in the asset type's config) is left out."""
+
+    def __init__(
+        self,
+        asset: AssetConfig,
+        roles: Mapping[str, str],
+        settings: FusionEvidence,
+        vocabulary: tuple[str, ...] = ROLES,
+        roles_are_tags: bool = False,
+    ):
         self.asset = asset
         self.settings = settings
         self.edges = (settings.elevated_p, settings.anomalous_p, settings.extreme_p)
-        self.role_of: dict[str, int] = {tag: ROLE_INDEX[role] for tag, role in roles.items()}
+        self.vocabulary = tuple(vocabulary)
+        self.roles_are_tags = roles_are_tags
+        self.index = ROLE_INDEX if self.vocabulary == ROLES else {role: i for i, role in enumerate(self.vocabulary)}
+        self.n_roles = len(self.vocabulary)
+        self.role_of: dict[str, int | None] = {tag: self.index[role] for tag, role in roles.items()}
         self.role_name: dict[str, str] = dict(roles)
-        self.present = np.zeros(N_ROLES)
+        self.present = np.zeros(self.n_roles)
         self.present[list(set(self.role_of.values()))] = 1.0
         self.pending: list[_Score] = []
         #: (detector, scale) -> the latest window end already counted
@@ -275,21 +363,27 @@ class EvidenceCollector:
 
     # -- one step ----------------------------------------------------------------------
 
-    def _role(self, tag: str) -> int:
-        role = self.role_of.get(tag)
-        if role is None:  # a tag the asset config does not list (a type model's naming)
-            role = self.role_of[tag] = ROLE_INDEX[role_from_name(tag)]
-            self.role_name[tag] = role_from_name(tag)
+    def _role(self, tag: str) -> int | None:
+        """The role index of a tag; None for a tag outside a tag vocabulary."""
+        if tag in self.role_of:
+            return self.role_of[tag]
+        # a tag the asset config does not list (a type model's naming)
+        name = tag if self.roles_are_tags else role_from_name(tag)
+        role = self.role_of[tag] = self.index.get(name)
+        if role is not None:
+            self.role_name[tag] = name
         return role
 
     def _role_weights(self, tops) -> tuple[np.ndarray, np.ndarray]:
         """(involvement 0..1 per role, its direction per role) of one score's top tags;
         a role with several tags takes its most blamed one."""
-        weights = np.zeros(N_ROLES)
-        directions = np.zeros(N_ROLES)
+        weights = np.zeros(self.n_roles)
+        directions = np.zeros(self.n_roles)
         full = self.settings.full_involvement_share
         for tag, contribution, _, _, _, sign in tops:
             r = self._role(tag)
+            if r is None:
+                continue
             w = contribution / full
             if w > weights[r]:
                 weights[r] = w if w < 1.0 else 1.0
@@ -300,7 +394,7 @@ class EvidenceCollector:
         """The evidence for the step to ``t_us`` (``dt_s`` since the previous one, None at the
         first), and the drivers to show with the result. Consumes what it counts."""
         s = self.settings
-        ev = StepEvidence(present=self.present.copy())
+        ev = StepEvidence(present=self.present.copy(), vocabulary=self.vocabulary)
         fresh = s.freshness_windows
         stale = 0
         counted: list[tuple[_Score, float]] = []
@@ -370,7 +464,9 @@ class EvidenceCollector:
             (tag,) = tags
             involved = ev.rose + ev.fell + ev.involved
             blamed = involved / np.maximum(involved + ev.not_involved, 1e-12)
-            blamed[self._role(tag)] = 0.0
+            r = self._role(tag)
+            if r is not None:
+                blamed[r] = 0.0
             lone = not (blamed > 0.5).any()
         out = []
         for key in keys:
@@ -378,8 +474,9 @@ class EvidenceCollector:
             jump = rule == "rate_of_change" or (rule == "limit" and key in self.step_blips)
             kind = "spike" if (lone and jump) else rule
             role = self._role(tag)
-            ev.hits[KIND_INDEX[kind], role] = ev.rule_weight
-            out.append({"rule": rule, "tag": tag, "condition": condition, "kind": kind, "role": self.role_name.get(tag, ROLES[role])})
+            if role is not None:
+                ev.hits[KIND_INDEX[kind], role] = ev.rule_weight
+            out.append({"rule": rule, "tag": tag, "condition": condition, "kind": kind, "role": self._role_name(tag, role)})
         return out
 
     def _drivers(self, t_us: int, rules: list[dict], stale: int) -> dict:
@@ -405,7 +502,7 @@ class EvidenceCollector:
                 if best is None or (score.level, contribution) > (best["_level"], best["contribution"]):
                     tags[tag] = {
                         "id": tag,
-                        "role": self.role_name.get(tag) or ROLES[self._role(tag)],
+                        "role": self._role_name(tag, self._role(tag)),
                         "contribution": contribution,
                         "feature": feature,
                         "value": value,
@@ -418,6 +515,9 @@ class EvidenceCollector:
         for t in top:
             del t["_level"]
         return {"top_tags": top, "detectors": detectors, "rules": rules, "bad_fraction": self.bad_fraction, "stale_scores": stale}
+
+    def _role_name(self, tag: str, role: int | None) -> str | None:
+        return self.role_name.get(tag) or (self.vocabulary[role] if role is not None else None)
 
     # -- persistence ---------------------------------------------------------------------
 

@@ -24,6 +24,11 @@ signatures say which way each role moves where the physics fixes it.
 Every hidden state of an asset type: ``normal``, its named faults,
 ``sensor_fault`` (one tag's measurement is wrong, the process is fine) and
 ``unknown_anomaly`` (something abnormal that matches no signature).
+
+Learned asset types (``fusion.asset_types`` in the config, stream/fusion/settings.py)
+have no signature here: their faults are declared by name and learned from labeled
+history; until then a learned fault's rows are those of "some abnormal state whose
+pattern is not known yet" (``learned_states`` and FaultNetwork's defaults).
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ NORMAL = "normal"
 SENSOR_FAULT = "sensor_fault"
 UNKNOWN_ANOMALY = "unknown_anomaly"
 
+#: the built-in asset types (signatures below); a plant declares others under fusion.asset_types.
 ASSET_TYPES: tuple[str, ...] = ("pump", "motor", "fan", "compressor", "generic")
+#: the states every asset type has: a declared fault may not take these names.
+RESERVED_STATES: tuple[str, ...] = (NORMAL, SENSOR_FAULT, UNKNOWN_ANOMALY)
 
 
 @dataclass(frozen=True)
@@ -118,8 +126,14 @@ SIGNATURES: dict[str, dict[str, Signature]] = {
 
 
 def states_of(asset_type: str) -> tuple[str, ...]:
-    """The hidden states of an asset type, ``normal`` first."""
+    """The hidden states of a built-in asset type, ``normal`` first."""
     return (NORMAL, *SIGNATURES[asset_type], SENSOR_FAULT, UNKNOWN_ANOMALY)
+
+
+def learned_states(faults) -> tuple[str, ...]:
+    """The hidden states of a learned asset type: normal, its declared faults (in the
+    config's order), sensor_fault, unknown_anomaly."""
+    return (NORMAL, *faults, SENSOR_FAULT, UNKNOWN_ANOMALY)
 
 
 #: how operators say a state.

@@ -23,6 +23,20 @@ row's prior strength, plus counts learned from labeled history and from operator
 feedback. Probabilities are the posterior means; the log tables the filter
 reads are recomputed after every change (a few microseconds), so a step is a
 handful of dot products.
+
+The role axis is the network's vocabulary (``roles``): the 17 built-in roles
+(stream/fusion/roles.py) for the built-in types and for learned types with
+``roles: names``; the tag ids of the type's assets (union, config order) for a
+learned type with ``roles: tags``. Evidence (StepEvidence) is counted over the same
+vocabulary, and the persisted state says which one it was learned over.
+
+A learned asset type (``fusion.asset_types``) has states normal, its declared faults,
+sensor_fault, unknown_anomaly. Its faults have no signature: their default rows are
+"some abnormal state whose pattern is not known yet" (the level row of a named fault,
+the unknown anomaly's flat involvement, rule hits and data quality), at
+``priors.learned_fault_share`` of the usual strength, so labeled history
+(``learn_from_labeled``) soon owns them. Until a fault has been learned, its rows equal
+the unknown anomaly's and the two share the probability of an unexplained anomaly.
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from stream.fusion.evidence import N_KINDS, N_LEVELS, N_ROLES, StepEvidence
+from stream.fusion.evidence import N_KINDS, N_LEVELS, StepEvidence
 from stream.fusion.faults import (
     ASSET_TYPES,
     INVOLVED_FLAT,
@@ -57,10 +71,11 @@ from stream.fusion.faults import (
     SENSOR_FAULT,
     SIGNATURES,
     UNKNOWN_ANOMALY,
+    state_words,
     states_of,
 )
-from stream.fusion.roles import ROLE_INDEX, ROLES
-from stream.fusion.settings import ALL_ROLES, FusionSettings
+from stream.fusion.roles import ROLES
+from stream.fusion.settings import ALL_ROLES, FusionSettings, known_types
 
 log = logging.getLogger("stream.fusion")
 
@@ -110,22 +125,43 @@ class FeedbackChange:
 
 
 class FaultNetwork:
-    """The CPTs and transition model of one asset type (shared by all its assets)."""
+    """The CPTs and transition model of one asset type (shared by all its assets).
 
-    def __init__(self, asset_type: str, settings: FusionSettings | None = None):
-        if asset_type not in ASSET_TYPES:
-            raise ValueError(f"no fault model for asset type {asset_type!r}; the types are: {', '.join(ASSET_TYPES)}")
-        self.asset_type = asset_type
+    ``tag_ids``: for a learned type with ``roles: tags``, the tag ids of the type's
+    assets (union, config order): the network's role vocabulary. Ignored otherwise."""
+
+    def __init__(self, asset_type: str, settings: FusionSettings | None = None, *, tag_ids: Iterable[str] | None = None):
         self.settings = settings or FusionSettings()
-        self.states: tuple[str, ...] = states_of(asset_type)
+        #: the declaration of a learned type (fusion.asset_types), None for a built-in one
+        self.learned_type = self.settings.asset_types.get(asset_type)
+        if self.learned_type is None and asset_type not in ASSET_TYPES:
+            raise ValueError(f"no fault model for asset type {asset_type!r}; {known_types(self.settings.asset_types)}")
+        self.asset_type = asset_type
+        self.states: tuple[str, ...] = self.learned_type.states if self.learned_type is not None else states_of(asset_type)
         self.state_index = {s: i for i, s in enumerate(self.states)}
         self.faults: tuple[str, ...] = self.states[1:]
-        S = len(self.states)
+        #: the faults whose pattern is learned (a learned type's declared faults), -> their words
+        self.descriptions: dict[str, str] = dict(self.learned_type.faults) if self.learned_type is not None else {}
+        self._signatures = SIGNATURES.get(asset_type, {}) if self.learned_type is None else {}
+        #: True: every tag is its own role (a learned type with roles: tags)
+        self.roles_are_tags = self.learned_type is not None and self.learned_type.roles == "tags"
+        if self.roles_are_tags:
+            tags = tuple(dict.fromkeys(tag_ids or ()))
+            if not tags:
+                raise ValueError(
+                    f"asset type {asset_type} has roles: tags; its network needs the tag ids of its assets "
+                    f"(FaultNetwork.for_assets({asset_type!r}, assets, settings))"
+                )
+            self.roles: tuple[str, ...] = tags
+        else:
+            self.roles = ROLES
+        self.role_index = {role: i for i, role in enumerate(self.roles)}
+        S, R = len(self.states), len(self.roles)
         # prior pseudo-counts (defaults and overrides) ...
         self._prior = {
             "score_level": np.zeros((S, N_LEVELS)),
-            "involvement": np.zeros((S, N_ROLES, 3)),  # rose, fell, not involved
-            "rule_hit": np.zeros((N_KINDS, S, N_ROLES, 2)),
+            "involvement": np.zeros((S, R, 3)),  # rose, fell, not involved
+            "rule_hit": np.zeros((N_KINDS, S, R, 2)),
             "data_quality": np.zeros((S, len(QUALITY_LEVELS))),
         }
         # ... counts learned (labeled history and feedback) ...
@@ -136,6 +172,7 @@ class FaultNetwork:
         self._apply_overrides(self.settings.cpt.get(asset_type, {}))
         #: pseudo-counts of each row's prior: what the feedback cap is a share of
         self._row_strength = {name: prior.sum(axis=-1) for name, prior in self._prior.items()}
+        self._weaken_learned_faults()
         self._transitions: dict[int, np.ndarray] = {}
         self._build_generator()
         #: bumped whenever the tables change
@@ -143,14 +180,32 @@ class FaultNetwork:
         self._refresh()
 
     @classmethod
-    def for_asset_type(cls, asset_type: str, settings: FusionSettings | None = None) -> "FaultNetwork":
-        return cls(asset_type, settings)
+    def for_asset_type(cls, asset_type: str, settings: FusionSettings | None = None, tag_ids: Iterable[str] | None = None) -> "FaultNetwork":
+        return cls(asset_type, settings, tag_ids=tag_ids)
+
+    @classmethod
+    def for_assets(cls, asset_type: str, assets: Iterable[Any], settings: FusionSettings | None = None) -> "FaultNetwork":
+        """The network of ``asset_type`` for these assets (AssetConfig; those of other
+        types are skipped): their tags are its roles where the type has ``roles: tags``."""
+        tag_ids = [t.id for a in assets if a.type == asset_type for t in a.tags]
+        return cls(asset_type, settings, tag_ids=tag_ids)
+
+    def words(self, state: str) -> str:
+        """How operators read a state: a learned fault's declared words and its name
+        ("A/C feed ratio step (idv01)"), else "bearing wear", "misalignment/imbalance"."""
+        described = self.descriptions.get(state)
+        return f"{described} ({state})" if described else state_words(state)
+
+    def fault_words(self) -> dict[str, str]:
+        """fault -> words, for the faults whose words differ from the name (the alarm book's texts)."""
+        return {state: self.words(state) for state in self.descriptions if self.descriptions[state]}
 
     # -- the default tables ---------------------------------------------------------------
 
     def signature_roles(self, state: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(primary roles, secondary roles) of a named fault; empty for the other states."""
-        signature = SIGNATURES[self.asset_type].get(state)
+        """(primary roles, secondary roles) of a named fault; empty for the other states
+        (and for a learned type's faults, which have no signature)."""
+        signature = self._signatures.get(state)
         if signature is None:
             return (), ()
         roles = signature.roles()
@@ -158,16 +213,17 @@ class FaultNetwork:
 
     def _involvement_defaults(self) -> tuple[np.ndarray, np.ndarray]:
         """P(role involved | state) and the direction the signature expects, both (S, R)."""
-        p = np.full((len(self.states), N_ROLES), INVOLVED_FLAT)
-        direction = np.zeros((len(self.states), N_ROLES))
+        # normal, unknown_anomaly and a learned fault: flat, no direction
+        p = np.full((len(self.states), len(self.roles)), INVOLVED_FLAT)
+        direction = np.zeros((len(self.states), len(self.roles)))
         for state, i in self.state_index.items():
             if state == SENSOR_FAULT:
                 p[i] = INVOLVED_SENSOR
-            elif state in SIGNATURES[self.asset_type]:
+            elif state in self._signatures:
                 p[i] = INVOLVED_OTHER
-                for role, (rank, sign) in SIGNATURES[self.asset_type][state].roles().items():
-                    p[i, ROLE_INDEX[role]] = INVOLVED_PRIMARY if rank == 0 else INVOLVED_SECONDARY
-                    direction[i, ROLE_INDEX[role]] = sign
+                for role, (rank, sign) in self._signatures[state].roles().items():
+                    p[i, self.role_index[role]] = INVOLVED_PRIMARY if rank == 0 else INVOLVED_SECONDARY
+                    direction[i, self.role_index[role]] = sign
         return p, direction
 
     @staticmethod
@@ -181,19 +237,19 @@ class FaultNetwork:
     def _rule_defaults(self, kind: str) -> np.ndarray:
         """P(hit of this kind on a role | state), (S, R)."""
         normal, primary_p, secondary_p, other_p, sensor, unknown = RULE_HIT_DEFAULTS[kind]
-        p = np.empty((len(self.states), N_ROLES))
+        p = np.empty((len(self.states), len(self.roles)))
         for state, i in self.state_index.items():
             if state == NORMAL:
                 p[i] = normal
             elif state == SENSOR_FAULT:
                 p[i] = sensor
-            elif state == UNKNOWN_ANOMALY:
+            elif state == UNKNOWN_ANOMALY or state in self.descriptions:
                 p[i] = unknown
             else:
                 primary, secondary = self.signature_roles(state)
                 p[i] = other_p
-                p[i, [ROLE_INDEX[r] for r in secondary]] = secondary_p
-                p[i, [ROLE_INDEX[r] for r in primary]] = primary_p
+                p[i, [self.role_index[r] for r in secondary]] = secondary_p
+                p[i, [self.role_index[r] for r in primary]] = primary_p
         return p
 
     def _build_defaults(self) -> None:
@@ -209,7 +265,7 @@ class FaultNetwork:
                 quality[i] = np.array(QUALITY_ROW_SENSOR) * priors.data_quality
             else:
                 level[i] = np.array(LEVEL_ROW_FAULT) * priors.score_level
-                row = QUALITY_ROW_UNKNOWN if state == UNKNOWN_ANOMALY else QUALITY_ROW_FAULT
+                row = QUALITY_ROW_UNKNOWN if state == UNKNOWN_ANOMALY or state in self.descriptions else QUALITY_ROW_FAULT
                 quality[i] = np.array(row) * priors.data_quality
         self._set_involvement(self._prior["involvement"], *self._involvement_defaults(), priors.involvement)
         for k, kind in enumerate(RULE_KINDS):
@@ -220,6 +276,15 @@ class FaultNetwork:
         counts[..., 0] = p * strength
         counts[..., 1] = (1.0 - p) * strength
 
+    def _weaken_learned_faults(self) -> None:
+        """A learned fault's prior rows (defaults or overrides) at priors.learned_fault_share
+        of their strength: placeholders that labeled history soon outweighs (settings)."""
+        share = self.settings.priors.learned_fault_share
+        for state in self.descriptions:
+            s = self.state_index[state]
+            for name, prior in self._prior.items():
+                self._row(name, prior, s)[...] *= share
+
     def _apply_overrides(self, overrides: Mapping[str, Any]) -> None:
         """Config entries replace the defaults (validated by FusionSettings)."""
         priors = self.settings.priors
@@ -228,10 +293,10 @@ class FaultNetwork:
                 for kind, by_state in rows.items():
                     k = RULE_KINDS.index(kind)
                     for state, row in by_state.items():
-                        self._override_roles(self._prior["rule_hit"][k][self.state_index[state]], row, priors.rule_hit)
+                        self._override_roles(self._prior["rule_hit"][k][self._override_state(state)], row, priors.rule_hit)
                 continue
             for state, row in rows.items():
-                i = self.state_index[state]
+                i = self._override_state(state)
                 if node == "involvement":
                     self._override_involvement(self._prior["involvement"][i], row, priors.involvement)
                 elif node == "score_level":
@@ -240,17 +305,29 @@ class FaultNetwork:
                 else:
                     self._prior["data_quality"][i] = self._override_row(self._prior["data_quality"][i], row, QUALITY_LEVELS) * priors.data_quality
 
-    @staticmethod
-    def _override_roles(counts: np.ndarray, row: Mapping[str, float], strength: float) -> None:
+    def _override_state(self, state: str) -> int:
+        index = self.state_index.get(state)
+        if index is None:
+            raise ValueError(f"fusion.cpt.{self.asset_type}: unknown state {state!r}; the states of a {self.asset_type}: {', '.join(self.states)}")
+        return index
+
+    def _override_role(self, role: str) -> int:
+        index = self.role_index.get(role)
+        if index is None:
+            raise ValueError(
+                f"fusion.cpt.{self.asset_type}: unknown role {role!r}; the roles of a {self.asset_type}: {', '.join(self.roles)}"
+            )
+        return index
+
+    def _override_roles(self, counts: np.ndarray, row: Mapping[str, float], strength: float) -> None:
         everyone = row.get(ALL_ROLES)
         if everyone is not None:
             counts[:, 0], counts[:, 1] = everyone * strength, (1 - everyone) * strength
         for role, p in row.items():
             if role != ALL_ROLES:
-                counts[ROLE_INDEX[role]] = (p * strength, (1 - p) * strength)
+                counts[self._override_role(role)] = (p * strength, (1 - p) * strength)
 
-    @classmethod
-    def _override_involvement(cls, counts: np.ndarray, row: Mapping[str, Any], strength: float) -> None:
+    def _override_involvement(self, counts: np.ndarray, row: Mapping[str, Any], strength: float) -> None:
         """A number: P(involved), split between rose and fell as the default row splits it;
         a mapping {rose: p, fell: p}: both given."""
 
@@ -264,11 +341,11 @@ class FaultNetwork:
             counts[r] = (rose * strength, fell * strength, (1 - rose - fell) * strength)
 
         if ALL_ROLES in row:
-            for r in range(N_ROLES):
+            for r in range(len(self.roles)):
                 put(r, row[ALL_ROLES])
         for role, value in row.items():
             if role != ALL_ROLES:
-                put(ROLE_INDEX[role], value)
+                put(self._override_role(role), value)
 
     @staticmethod
     def _override_row(counts: np.ndarray, row: Mapping[str, float], names: tuple[str, ...]) -> np.ndarray:
@@ -345,7 +422,7 @@ class FaultNetwork:
         self._log_inv = np.log(p_inv).T.copy()
         self._log_not = np.log1p(-p_inv).T.copy()
         p_hit = np.clip(self.p_hit, _FLOOR, 1 - _FLOOR)
-        self._log_hit = np.log(p_hit).transpose(0, 2, 1).reshape(N_KINDS * N_ROLES, -1).copy()  # (K*R, S)
+        self._log_hit = np.log(p_hit).transpose(0, 2, 1).reshape(N_KINDS * len(self.roles), -1).copy()  # (K*R, S)
         self._log_quality = np.log(np.maximum(self.p_quality, _FLOOR)).T.copy()
         self.revision += 1
 
@@ -384,10 +461,21 @@ class FaultNetwork:
         """The view of state ``s``'s rows of one node's table."""
         return table[:, s] if name == "rule_hit" else table[s]
 
+    def as_evidence(self, evidence: Any) -> StepEvidence:
+        """A StepEvidence over this network's roles from a StepEvidence, its dict or a
+        FusionResult (a dict without ``vocabulary`` names this network's roles)."""
+        asset_type = getattr(evidence, "asset_type", None)
+        if isinstance(asset_type, str) and asset_type != self.asset_type:
+            raise ValueError(f"a fusion result of a {asset_type} cannot teach the network of a {self.asset_type}")
+        return StepEvidence.coerce(evidence, self.roles)
+
     def learn_from_labeled(self, records: Iterable[Any]) -> int:
         """Add the counts of labeled history: each record is ``(evidence, state)`` or
         ``{"evidence": ..., "label": state}`` with the evidence a StepEvidence, its dict
-        or a FusionResult. Not capped: history is the plant's, not one person's opinion.
+        or a FusionResult, and the state one of ``states`` (a learned type's declared
+        faults included). Not capped: history is the plant's, not one person's opinion.
+        What is learned lives in ``to_state`` (Diagnosis.learn_from_labeled saves it
+        under "network:<type>", where operator feedback goes too).
         Returns the number of records learned."""
         n = 0
         for record in records:
@@ -396,7 +484,7 @@ class FaultNetwork:
             else:
                 evidence, label = record
             s = self._state(label)
-            for name, add in self._counts(StepEvidence.coerce(evidence)).items():
+            for name, add in self._counts(self.as_evidence(evidence)).items():
                 self._row(name, self._learned[name], s)[...] += add
             n += 1
         if n:
@@ -433,7 +521,7 @@ class FaultNetwork:
             log.info("fusion %s feedback %r%s%s: nothing learned (the label names no state)", self.asset_type, label, where, who)
             return change
         s = self.state_index[state]
-        ev = StepEvidence.coerce(evidence)
+        ev = self.as_evidence(evidence)
         before = self._watched(s, ev)
         settings = self.settings.feedback
         for name, add in self._counts(ev).items():
@@ -467,23 +555,42 @@ class FaultNetwork:
         state = self.states[s]
         out = {f"P({level}|{state})": float(self.p_level[s, i]) for i, level in enumerate(LEVELS) if ev.levels[i]}
         for r in np.flatnonzero(ev.rose + ev.fell + ev.involved + ev.not_involved):
-            out[f"P({ROLES[r]} involved|{state})"] = float(self.p_involved[s, r])
+            out[f"P({self.roles[r]} involved|{state})"] = float(self.p_involved[s, r])
         for k, r in zip(*np.nonzero(ev.hits)):
-            out[f"P({RULE_KINDS[k]} on {ROLES[r]}|{state})"] = float(self.p_hit[k, s, r])
+            out[f"P({RULE_KINDS[k]} on {self.roles[r]}|{state})"] = float(self.p_hit[k, s, r])
         return out
 
     # -- persistence ---------------------------------------------------------------------------
 
     def to_state(self) -> dict:
-        """What was learned (labeled history and feedback), JSON-ready; defaults are not stored."""
+        """What was learned (labeled history and feedback), JSON-ready; defaults are not
+        stored. ``roles``: the vocabulary the role axis of the tables was learned over."""
         return {
             "asset_type": self.asset_type,
             "states": list(self.states),
+            "roles": list(self.roles),
             "learned": {name: a.tolist() for name, a in self._learned.items() if a.any()},
             "from_feedback": {name: a.tolist() for name, a in self._from_feedback.items() if a.any()},
         }
 
-    def load_state(self, state: Mapping) -> None:
+    def load_state(self, state: Mapping) -> bool:
+        """Take what ``to_state`` stored. A state learned over another role vocabulary
+        (tags added to or removed from a ``roles: tags`` type) is logged as a warning and
+        left out: the network keeps its tables (at start: the defaults) and returns False.
+        A state of other fault states raises ValueError (Diagnosis logs it and starts
+        from the defaults). True when loaded."""
+        stored_roles = list(state.get("roles", ROLES))  # states saved before roles were stored: the built-in ones
+        if stored_roles != list(self.roles):
+            log.warning(
+                "fusion %s: the stored network state was learned over other roles (%d: %s) than this network's (%d: %s); "
+                "left out, the network starts from its default tables",
+                self.asset_type,
+                len(stored_roles),
+                _some(stored_roles),
+                len(self.roles),
+                _some(self.roles),
+            )
+            return False
         if list(state.get("states", ())) != list(self.states):
             raise ValueError(
                 f"stored fusion state for {state.get('asset_type')!r} has states {state.get('states')}, "
@@ -497,3 +604,9 @@ class FaultNetwork:
                 raise ValueError(f"stored fusion state for {self.asset_type}: table {name} has another shape than this code's; discard it")
         self._learned, self._from_feedback = learned, from_feedback
         self._refresh()
+        return True
+
+
+def _some(names, most: int = 6) -> str:
+    names = list(names)
+    return ", ".join(names[:most]) + (f", ... ({len(names) - most} more)" if len(names) > most else "")

@@ -1,6 +1,10 @@
 """What one fusion step says about one asset, and the line an operator reads.
 
 ``pump-3: bearing wear 87 % (vibration_kurtosis, bearing_temp_de rose)``
+
+A learned asset type's fault reads as its declared words and its name
+(``unit-1: A/C feed ratio step (idv01) 91 % (xmeas_1 rose)``); its explanation lists
+the top tags by their share, since a learned fault has no signature to rank them by.
 """
 
 from __future__ import annotations
@@ -126,13 +130,14 @@ def explain(state: str, drivers: dict, signature: tuple[tuple[str, ...], tuple[s
     return "; ".join(dict.fromkeys(_rule_phrase(h) for h in rules[:max_tags]))
 
 
-def message(asset_id: str, posterior: dict[str, float], top_fault: str, p_any_fault: float, explanation: str) -> str:
+def message(asset_id: str, posterior: dict[str, float], top_fault: str, p_any_fault: float, explanation: str, words=state_words) -> str:
     """The operator's line: the most probable fault once a fault is more likely than not,
-    else "normal" with the most probable fault in brackets."""
+    else "normal" with the most probable fault in brackets. ``words``: how a state reads
+    (FaultNetwork.words: a learned fault's declared words)."""
     if p_any_fault < 0.5:
-        return f"{asset_id}: normal ({state_words(top_fault)} {percent(posterior[top_fault])})"
-    text = f"{asset_id}: {state_words(top_fault)} {percent(posterior[top_fault])}"
+        return f"{asset_id}: normal ({words(top_fault)} {percent(posterior[top_fault])})"
+    text = f"{asset_id}: {words(top_fault)} {percent(posterior[top_fault])}"
     faults = [(s, p) for s, p in posterior.items() if s != NORMAL]
     if len(faults) > 1 and faults[1][1] >= RUNNER_UP_RATIO * faults[0][1]:
-        text += f" or {state_words(faults[1][0])} {percent(faults[1][1])}"
+        text += f" or {words(faults[1][0])} {percent(faults[1][1])}"
     return f"{text} ({explanation})" if explanation else text

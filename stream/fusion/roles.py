@@ -34,6 +34,11 @@ other                         anything else
 
 ``other`` is a role too: a tag of unknown meaning that the detectors blame
 speaks against every named fault and so for ``unknown_anomaly``.
+
+These roles are the vocabulary of the built-in asset types and of learned ones with
+``roles: names``. A learned type with ``roles: tags`` (fusion.asset_types) uses
+neither the heuristic nor ``tag_roles``: its vocabulary is its assets' tag ids, every
+tag its own role (FaultNetwork.roles).
 """
 
 from __future__ import annotations

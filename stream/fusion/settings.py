@@ -1,5 +1,5 @@
 """The fusion section of the configuration: transitions, evidence, priors, feedback,
-CPT overrides and tag roles.
+CPT overrides, tag roles and learned asset types.
 
 In the plant file (the worker wires it under ``fusion:``)::
 
@@ -32,20 +32,36 @@ In the plant file (the worker wires it under ``fusion:``)::
       tag_roles:                 # what a tag measures, where its name does not say
         pump-3: {TT_104: bearing_temp}          # by asset id ...
         pump: {FT_201: seal_flow}               # ... or by asset type
+      asset_types:               # asset types of the plant's own, learned from labeled history
+        reactor_unit:            # assets[].type may name it
+          faults:                # fault -> what an operator reads (config order = state order)
+            idv01: "A/C feed ratio step"
+            idv02: "B composition step"
+          roles: tags            # tags: every tag of the type's assets is its own role;
+                                 # names (default): the name heuristic and tag_roles
 
 Every number has its reason next to it; the default tables are in
 stream/fusion/faults.py.
+
+A learned asset type has no built-in signature: its faults start as "some abnormal
+state whose pattern is not known yet" (the unknown anomaly's tables, with a weak
+prior: ``priors.learned_fault_share``) and take their pattern from labeled history
+(FaultNetwork.learn_from_labeled, Diagnosis.learn_from_labeled). With ``roles: tags``
+the network's role vocabulary is the tag ids of the type's assets, so the attribution
+pattern (which tags the detectors blame, rose / fell) is learned tag by tag; a
+chemical process unit whose tags all read as ``other`` by name needs that.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from stream.config import _Section
-from stream.fusion.faults import ASSET_TYPES, LEVELS, QUALITY_LEVELS, RULE_KINDS, states_of
+from stream.fusion.faults import ASSET_TYPES, LEVELS, QUALITY_LEVELS, RESERVED_STATES, RULE_KINDS, learned_states, states_of
 from stream.fusion.roles import ROLES
 
 Role = Literal[ROLES]  # type: ignore[valid-type]
@@ -168,6 +184,16 @@ class FusionPriors(_Section):
     #: the first labeled hit move them tenfold.
     rule_hit: float = Field(1000.0, gt=0)
     data_quality: float = Field(100.0, gt=0)
+    #: a fault of a learned asset type (fusion.asset_types) starts as "some abnormal state
+    #: whose pattern is not known yet": its rows take this share of the strengths above
+    #: (0.1: score_level 10, involvement 5, rule_hit 100, data_quality 10 pseudo-counts).
+    #: The default row is a placeholder, not judgement, so labeled history should own it
+    #: soon: a labeled 1 s step adds about 0.5 of a count to its level and involvement
+    #: rows and one rule observation, so after 200-300 labeled steps the history holds
+    #: over 90 % of those rows and about 70 % of the rule-hit rows. Much weaker would let
+    #: a handful of records decide a direction. (The feedback cap of these rows stays
+    #: that of a full-strength row: feedback.max_share of the strengths above.)
+    learned_fault_share: float = Field(0.1, gt=0, le=1)
 
 
 class FusionFeedback(_Section):
@@ -178,6 +204,59 @@ class FusionFeedback(_Section):
     #: feedback counts in one CPT row stop at this share of the row's prior strength, so
     #: one operator (or one noisy alarm acknowledged 500 times) cannot rewrite the model.
     max_share: float = Field(0.2, ge=0, le=10)
+
+
+#: a declared asset type's name: it keys config sections and changelog entries ("network:<type>").
+_TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
+#: a declared fault's name: what fusion and the alarm book carry (stream.alarms.book accepts these).
+_FAULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$")
+#: roles of a learned asset type: the name heuristic (and tag_roles), or one role per tag.
+ROLE_MODES = ("names", "tags")
+
+
+class LearnedAssetType(_Section):
+    """An asset type of the plant's own (``fusion.asset_types.<name>``): its faults by
+    name, learned from labeled history, and what its roles are."""
+
+    #: fault name -> what an operator reads ("A/C feed ratio step"); the order is the
+    #: order of the network's states. A list of names is taken as names without words.
+    faults: dict[str, str]
+    #: "names" (default): a tag's role comes from its name and fusion.tag_roles, as for the
+    #: built-in types; "tags": every tag of the type's assets is its own role.
+    roles: str = "names"
+
+    @field_validator("faults", mode="before")
+    @classmethod
+    def _faults(cls, faults: Any) -> Any:
+        if isinstance(faults, (list, tuple)):
+            faults = {name: "" for name in faults}
+        if isinstance(faults, dict):
+            faults = {name: ("" if words is None else words) for name, words in faults.items()}
+            if not faults:
+                raise ValueError("a learned asset type needs at least one fault: name them, e.g. faults: {idv01: \"A/C feed ratio step\"}")
+            for name in faults:
+                if not isinstance(name, str) or not _FAULT_NAME.match(name):
+                    raise ValueError(f"fault name {name!r} is not a name: use letters, digits and _ . : / -, starting with a letter or digit")
+                if name in RESERVED_STATES or name == "alarm_flood":
+                    raise ValueError(
+                        f"fault name {name!r} is reserved ({', '.join(RESERVED_STATES)} are states of every asset type, "
+                        "alarm_flood names flood alarms): give the fault another name"
+                    )
+        return faults
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles(cls, roles: Any) -> Any:
+        if roles not in ROLE_MODES:
+            raise ValueError(
+                f"roles must be tags (every tag of the type's assets is its own role) or names (the name heuristic "
+                f"and fusion.tag_roles, as for the built-in types), got {roles!r}"
+            )
+        return roles
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return learned_states(self.faults)
 
 
 class FusionSettings(_Section):
@@ -194,16 +273,47 @@ class FusionSettings(_Section):
     evidence: FusionEvidence = FusionEvidence()
     priors: FusionPriors = FusionPriors()
     feedback: FusionFeedback = FusionFeedback()
+    #: asset types of the plant's own: name -> faults (learned from labeled history) and
+    #: roles (module doc). Before ``cpt``, whose check needs them.
+    asset_types: dict[str, LearnedAssetType] = {}
     #: asset type -> node -> rows that replace the defaults (format in the module doc).
     cpt: dict[str, dict[str, dict[str, Any]]] = {}
     #: asset id or asset type -> tag id -> role; beats the name heuristic (stream/fusion/roles.py).
     tag_roles: dict[str, dict[str, Role]] = {}
 
+    @field_validator("asset_types")
+    @classmethod
+    def _declared_types(cls, asset_types):
+        for name in asset_types:
+            if name in ASSET_TYPES:
+                raise ValueError(
+                    f"fusion.asset_types.{name}: {name} is a built-in asset type; give the declared type another name "
+                    f"(e.g. {name}_unit), or leave it out and use the built-in {name}"
+                )
+            if not _TYPE_NAME.match(name):
+                raise ValueError(f"fusion.asset_types.{name}: a type name is a letter, then letters, digits, _ and - (at most 100)")
+        return asset_types
+
     @field_validator("cpt")
     @classmethod
-    def _cpt_known(cls, cpt):
-        check_cpt_overrides(cpt)
+    def _cpt_known(cls, cpt, info: ValidationInfo):
+        check_cpt_overrides(cpt, info.data.get("asset_types") or {})
         return cpt
+
+    def states_of(self, asset_type: str) -> tuple[str, ...]:
+        """The hidden states of a built-in or declared asset type."""
+        learned = self.asset_types.get(asset_type)
+        if learned is not None:
+            return learned.states
+        if asset_type in ASSET_TYPES:
+            return states_of(asset_type)
+        raise ValueError(f"no fault model for asset type {asset_type!r}; {known_types(self.asset_types)}")
+
+
+def known_types(asset_types) -> str:
+    """"the built-in types are ...; declared under fusion.asset_types: ..." for error messages."""
+    declared = ", ".join(asset_types) or "none"
+    return f"the built-in types are {', '.join(ASSET_TYPES)}; declared under fusion.asset_types: {declared}"
 
 
 # ----------------------------------------------------------------- override checks
@@ -240,10 +350,11 @@ def _categorical_row(row: Any, levels, where: str) -> None:
         raise ValueError(f"{where}: the given levels already sum to 1, leaving nothing for the others; give the whole row")
 
 
-def _involvement_row(row: Any, where: str) -> None:
+def _involvement_row(row: Any, where: str, roles) -> None:
     row = _mapping(row, where, "role: probability or {rose: p, fell: p}")
     for role, value in row.items():
-        _known(role, (*ROLES, ALL_ROLES), f"{where}.{role}", "role")
+        if roles is not None:
+            _known(role, (*roles, ALL_ROLES), f"{where}.{role}", "role")
         if isinstance(value, dict):
             for way, p in value.items():
                 _known(way, ("rose", "fell"), f"{where}.{role}.{way}", "direction")
@@ -255,21 +366,31 @@ def _involvement_row(row: Any, where: str) -> None:
             _probability(value, f"{where}.{role}")
 
 
-def _role_row(row: Any, where: str) -> None:
+def _role_row(row: Any, where: str, roles) -> None:
     row = _mapping(row, where, "role: probability")
     for role, p in row.items():
-        _known(role, (*ROLES, ALL_ROLES), f"{where}.{role}", "role")
+        if roles is not None:
+            _known(role, (*roles, ALL_ROLES), f"{where}.{role}", "role")
         _probability(p, f"{where}.{role}")
 
 
-def check_cpt_overrides(cpt: Any) -> None:
-    """Raise ValueError naming the field (fusion.cpt.<type>.<node>.<state>...) of the first bad entry."""
+def check_cpt_overrides(cpt: Any, asset_types: dict | None = None, tags_of: dict | None = None) -> None:
+    """Raise ValueError naming the field (fusion.cpt.<type>.<node>.<state>...) of the first bad entry.
+
+    ``asset_types``: the declared (learned) types, name -> LearnedAssetType. The roles of a
+    type with ``roles: tags`` are its assets' tag ids: checked against ``tags_of`` (type ->
+    tag ids) when given (the service config's cross-check), not checked without it."""
     base = "fusion.cpt"
+    asset_types = asset_types or {}
     cpt = _mapping(cpt, base, "asset type: nodes")
     for asset_type, nodes in cpt.items():
-        _known(asset_type, ASSET_TYPES, f"{base}.{asset_type}", "asset type")
+        _known(asset_type, (*ASSET_TYPES, *asset_types), f"{base}.{asset_type}", "asset type")
         where_type = f"{base}.{asset_type}"
-        states = states_of(asset_type)
+        learned = asset_types.get(asset_type)
+        states = learned.states if learned is not None else states_of(asset_type)
+        roles = ROLES
+        if learned is not None and learned.roles == "tags":
+            roles = None if tags_of is None else tuple(tags_of.get(asset_type, ()))
         for node, rows in _mapping(nodes, where_type, "node: rows").items():
             _known(node, CPT_NODES, f"{where_type}.{node}", "node")
             where_node = f"{where_type}.{node}"
@@ -278,12 +399,12 @@ def check_cpt_overrides(cpt: Any) -> None:
                     _known(kind, RULE_KINDS, f"{where_node}.{kind}", "rule kind")
                     for state, row in _mapping(by_state, f"{where_node}.{kind}", "state: roles").items():
                         _known(state, states, f"{where_node}.{kind}.{state}", f"state of a {asset_type}")
-                        _role_row(row, f"{where_node}.{kind}.{state}")
+                        _role_row(row, f"{where_node}.{kind}.{state}", roles)
                 continue
             for state, row in _mapping(rows, where_node, "state: row").items():
                 _known(state, states, f"{where_node}.{state}", f"state of a {asset_type}")
                 where = f"{where_node}.{state}"
                 if node == "involvement":
-                    _involvement_row(row, where)
+                    _involvement_row(row, where, roles)
                 else:
                     _categorical_row(row, LEVELS if node == "score_level" else QUALITY_LEVELS, where)
