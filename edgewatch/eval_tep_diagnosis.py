@@ -262,7 +262,9 @@ def section_lines(diagnosis: dict) -> list[str]:
         f"right in {diagnosis['most_named_right']} of {n} | right in {diagnosis['first_alarm_right']} of {n} | {_r(diagnosis['alarm_rate_mean'])} |",
         "",
         f"False alarms of the learned network: {_r(diagnosis['false_alarm_rate_d00_te'])} on `d00_te.dat`, "
-        f"{_r(diagnosis['false_alarm_rate_before_fault'])} before the fault (samples 1-160, mean over the {n} files). "
+        f"{_r(diagnosis['false_alarm_rate_before_fault'])} before the fault (samples 1-160, mean over the {n} files), against the "
+        "detection table's alarm above: the learned network was taught faults only (no labeled normal history beyond the detectors' "
+        "calibration), so it is the one to ask which fault, not whether. "
         f"Runtime {diagnosis['seconds']['total'] / 60:.1f} min (learning replays {diagnosis['seconds']['learning_cpu']:.0f} s, "
         f"scoring replays {diagnosis['seconds']['scoring_cpu']:.0f} s of CPU). Nothing was tuned for the diagnosis: it uses the "
         "detection run's chosen settings and the learned type's defaults (`fusion.priors.learned_fault_share`).",
