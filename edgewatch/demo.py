@@ -31,7 +31,7 @@ import yaml
 
 from connectors.simulator.faults import FaultSpec
 from edgewatch.localkafka import LocalKafka, free_port
-from edgewatch.processes import Child, edgewatch_command, interrupt_on_sigterm
+from edgewatch.processes import Child, edgewatch_command
 from stream.config import ServiceConfig, load_config
 from stream.kafka_admin import ensure_topics
 from stream.wire import WireError, decode_reading_batch
@@ -140,7 +140,7 @@ def run_demo(config_path: Path, duration_s: float | None, faults: list[str], con
     for fault in faults:  # a typo in the schedule is reported before anything starts
         FaultSpec.parse(fault)
     workdir = Path(tempfile.mkdtemp(prefix="edgewatch-demo-"))
-    broker = LocalKafka(workdir / "kafka", port=free_port())
+    broker = LocalKafka(workdir / "kafka", port=free_port(), die_with_parent=True)
     env = {"EDGEWATCH_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap, "EDGEWATCH_WORKER__DATA_DIR": str(workdir / "worker")}
     try:
         plant_file = demo_config(config_path, workdir, faults)
@@ -149,7 +149,17 @@ def run_demo(config_path: Path, duration_s: float | None, faults: list[str], con
         shutil.rmtree(workdir, ignore_errors=True)
         raise
 
-    previous = interrupt_on_sigterm()  # e.g. from systemd or a test: stop as Ctrl-C does
+    # Ctrl-C raises KeyboardInterrupt, and also leaves a mark the main loop checks: under
+    # load a Ctrl-C was lost once (the interrupt raised inside a library call that ate it)
+    # and the demo ran on for two minutes. The mark cannot be eaten.
+    stop_asked: list[int] = []
+
+    def ask_to_stop(signum, frame):
+        stop_asked.append(signum)
+        raise KeyboardInterrupt
+
+    previous_int = signal.signal(signal.SIGINT, ask_to_stop)
+    previous = signal.signal(signal.SIGTERM, ask_to_stop)  # e.g. from systemd or a test: stop as Ctrl-C does
     worker = simulator = connector = consumer = None
     view = _View(config)
     children = {}
@@ -185,7 +195,7 @@ def run_demo(config_path: Path, duration_s: float | None, faults: list[str], con
         if live:
             live.start()
         try:
-            while deadline is None or time.monotonic() < deadline:
+            while not stop_asked and (deadline is None or time.monotonic() < deadline):
                 for message in consumer.consume(500, timeout=0.25):
                     if message.error():
                         continue
@@ -210,10 +220,13 @@ def run_demo(config_path: Path, duration_s: float | None, faults: list[str], con
         finally:
             if live:
                 live.stop()
+        if stop_asked:
+            console.print("stopping ...")
     except KeyboardInterrupt:
         console.print("stopping ...")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         if consumer is not None:
             consumer.close()
         # the connectors before the simulator (no comm-lost noise) and both before the broker

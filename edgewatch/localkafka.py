@@ -22,6 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
+from edgewatch.processes import _die_with_parent
+
 REPO = Path(__file__).resolve().parent.parent
 POM = REPO / "kafka" / "pom.xml"
 
@@ -134,11 +136,15 @@ Configuration:
 class LocalKafka:
     """One broker with its data directory. ``start`` is idempotent."""
 
-    def __init__(self, data_dir: str | Path, port: int = 9092, controller_port: int | None = None, heap: str = "768m"):
+    def __init__(self, data_dir: str | Path, port: int = 9092, controller_port: int | None = None, heap: str = "768m",
+                 die_with_parent: bool = False):
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.controller_port = controller_port
         self.heap = heap
+        #: the broker gets SIGKILL when the process that started it dies (the demo's own
+        #: broker; not `edgewatch kafka start`'s, which outlives the command on purpose)
+        self.die_with_parent = die_with_parent
 
     @property
     def bootstrap(self) -> str:
@@ -244,6 +250,7 @@ class LocalKafka:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         self.pid_file.write_text(f"{process.pid}\n")
         self._process = process

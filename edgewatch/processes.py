@@ -24,6 +24,9 @@ class Child:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C goes to us; we stop children in order
+                # ...and if we are killed with -9 (a test's timeout, an OOM kill), they go too:
+                # a demo killed that way left the simulator, connectors and worker running
+                preexec_fn=_die_with_parent,
             )
         finally:
             if log_path:

@@ -64,3 +64,29 @@ def test_demo_raises_an_alert_within_a_minute_and_ctrl_c_stops_everything():
     assert demo.returncode == 0, output
     assert "Everything it started is stopped" in output
     assert leftover_processes() == []
+
+
+def test_a_demo_killed_with_minus_9_takes_everything_it_started_with_it():
+    # A test's timeout or an OOM kill gives no chance to clean up: the children must
+    # go by themselves (they once outlived the demo: broker, simulator, connectors, worker).
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "edgewatch", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+    )
+    lines = []
+    try:
+        for line in demo.stdout:  # wait until the children run and readings flow
+            lines.append(line)
+            if " samples (" in line and not line.strip().startswith("0 s") and " 0 samples" not in line:
+                break
+    finally:
+        demo.kill()
+        demo.wait(10)
+    assert any(" samples (" in line for line in lines), "".join(lines)
+    deadline = time.monotonic() + 30
+    while leftover_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leftover_processes() == []
