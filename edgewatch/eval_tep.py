@@ -929,7 +929,10 @@ def section_lines(result: dict, machine: str, when: str, tuning: dict | None) ->
         "then the 960 test rows (`d00_te.dat`, or `dNN_te.dat` with label N from sample 161 on) are replayed through windows, detectors, fusion and the alarm book.",
         f"Settings: window scales {det['windows']} (one window per sample, {_window_samples(det['windows'])} samples long); detectors {', '.join(det['detectors'])} "
         f"({det['n_estimators']} trees, features {'the default list' if det['features'] is None else 'count, mean, std, min, max'}), "
-        f"anomalous at p <= {det['false_alarm_rate']:g}; fusion's transitions onset {diag['onset_per_s']:g}/s, recovery {diag['recovery_per_s']:g}/s, "
+        f"anomalous at p <= {det['false_alarm_rate']:g}; "
+        + (f"a flatline rule on every tag ({det['flatline_after_s'] / 60:g} min; no tag of `d00.dat` holds a value longer than 12 min); "
+           if det.get("flatline_after_s") else "no fast rules; ")
+        + f"fusion's transitions onset {diag['onset_per_s']:g}/s, recovery {diag['recovery_per_s']:g}/s, "
         f"switch {diag['switch_per_s']:g}/s (the defaults, 1e-5, 0.01 and 0.002, are made for 1 s steps: with them a fault belief falls back "
         "to its prior within one 3-minute step, and on `d01_te.dat` no alarm was ever raised); alarm on at P >= "
         f"{diag['on_threshold']:g} (on-delay {diag['on_delay_s']:g} s), off at P <= {diag['off_threshold']:g} (off-delay {diag['off_delay_s']:g} s).",
