@@ -87,16 +87,27 @@ def interrupt_on_sigterm():
     return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
-def _die_with_parent() -> None:
-    """In a child, before exec: Linux sends SIGKILL to it when its parent dies,
-    so a supervisor killed with -9 (an OOM kill) leaves no orphan behind."""
+def _load_prctl():
+    """libc's prctl, looked up in the parent: between fork and exec a child of a
+    process with threads (Kafka clients) must not import or load anything, or it
+    may wait forever on a lock another thread held at the fork."""
     try:
         import ctypes
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass  # not Linux: stopping is then up to SIGTERM, as elsewhere
+        return None  # not Linux: stopping is then up to SIGTERM, as elsewhere
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: Linux sends SIGKILL to it when its parent dies,
+    so a supervisor killed with -9 (an OOM kill) leaves no orphan behind."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def supervise(commands: dict[str, list[str]], poll_s: float = 0.5) -> int:
