@@ -198,17 +198,3 @@ def _options_record(options, inputs) -> dict:
         "registry": options.registry_dir,
         "seed": options.seed,
     }
-
-
-def _register_with_the_app() -> None:
-    """edgewatch.cli imports this module at its end, once ``app`` and ``user_errors`` exist."""
-    from edgewatch import cli
-
-    if getattr(cli, "app", None) is None or getattr(cli, "user_errors", None) is None:
-        return
-    if any(getattr(c, "name", None) == "backtest" or getattr(c.callback, "__name__", None) == "backtest" for c in cli.app.registered_commands):
-        return
-    register(cli.app, cli.user_errors)
-
-
-_register_with_the_app()

@@ -359,9 +359,11 @@ def config_check(config: Path = typer.Argument(DEFAULT_CONFIG, envvar="EDGEWATCH
 from edgewatch import train_cli  # noqa: E402  (needs user_errors and ConfigOption above)
 
 train_cli.register(app, user_errors, ConfigOption)
-from edgewatch import backtest_cli  # noqa: E402,F401  (registers `edgewatch backtest`)
-from edgewatch import eval_sim  # noqa: E402,F401  (registers `edgewatch evaluate-sim`)
-from edgewatch import eval_tep  # noqa: E402,F401  (registers `edgewatch evaluate-tep`)
+from edgewatch import backtest_cli, eval_sim, eval_tep  # noqa: E402  (need user_errors above)
+
+backtest_cli.register(app, user_errors)  # edgewatch backtest
+eval_sim.register(app, user_errors)  # edgewatch evaluate-sim
+eval_tep.register(app, user_errors)  # edgewatch evaluate-tep
 
 
 if __name__ == "__main__":

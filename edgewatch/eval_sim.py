@@ -452,7 +452,9 @@ def evaluate(
         asset_id=asset_id, config_path=config_path, warmup_s=warmup_s, detectors=chosen, rows=rows, totals=totals,
         fault_totals=fault_totals, export_s=export_s, backtest_s=backtest_s, seconds=time.monotonic() - started, results=results,
     )
-    (out_dir / "evaluate-sim.json").write_text(json.dumps(_json_ready(summary(ev)), indent=2) + "\n", encoding="utf-8")
+    from stream.backtest import json_ready
+
+    (out_dir / "evaluate-sim.json").write_text(json.dumps(json_ready(summary(ev)), indent=2) + "\n", encoding="utf-8")
     return ev
 
 
@@ -473,18 +475,6 @@ def summary(ev: Evaluation) -> dict:
         "fault_scenario_totals": ev.fault_totals,
         "seconds": {"total": ev.seconds, "export": ev.export_s, "backtest": ev.backtest_s},
     }
-
-
-def _json_ready(x):
-    if isinstance(x, dict):
-        return {str(k): _json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_ready(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
 
 
 # --------------------------------------------------------------------------- the report
@@ -678,17 +668,3 @@ def register(app, user_errors) -> None:
         if not no_write:
             write_section(ev, output)
             console.print(f"figures written to {output} (section {SECTION})", highlight=False)
-
-
-def _register_with_the_app() -> None:
-    """edgewatch.cli imports this module at its end, once ``app`` and ``user_errors`` exist."""
-    from edgewatch import cli
-
-    if getattr(cli, "app", None) is None or getattr(cli, "user_errors", None) is None:
-        return
-    if any(getattr(c, "name", None) == "evaluate-sim" for c in cli.app.registered_commands):
-        return
-    register(cli.app, cli.user_errors)
-
-
-_register_with_the_app()

@@ -820,7 +820,9 @@ def evaluate(
         primer_rows=settings.detection.primer_rows,
         measured_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
-    (out_dir / "evaluate-tep.json").write_text(json.dumps(_json_ready(result), indent=2) + "\n", encoding="utf-8")
+    from stream.backtest import json_ready
+
+    (out_dir / "evaluate-tep.json").write_text(json.dumps(json_ready(result), indent=2) + "\n", encoding="utf-8")
     return result
 
 
@@ -878,20 +880,6 @@ def summarize(files: Sequence[dict], pca: dict[int, dict]) -> dict:
         "target": {"rate": TARGET_RATE, "false_alarm_rate": TARGET_FAR, "met": bool(met)},
         "files": list(files),
     }
-
-
-def _json_ready(x):
-    if isinstance(x, dict):
-        return {str(k): _json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_ready(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 # --------------------------------------------------------------------------- BENCHMARKS.md
@@ -1158,7 +1146,9 @@ def register(app, user_errors) -> None:
             tuning = tune(load_tep(data_dir), out_dir / "tuning", jobs=jobs, progress=say)
             tuning["chosen_per_fault"] = {int(k): v for k, v in tuning["choice"]["per_fault"].items()}
             settings = settings_from(tuning["choice"])
-            (out_dir / "tuning.json").write_text(json.dumps(_json_ready(tuning), indent=2) + "\n", encoding="utf-8")
+            from stream.backtest import json_ready
+
+            (out_dir / "tuning.json").write_text(json.dumps(json_ready(tuning), indent=2) + "\n", encoding="utf-8")
             say(f"chosen: {settings.detection.label()}; {settings.diagnosis.label()}")
         result = evaluate(data_dir, out_dir, settings, jobs=jobs, pca_components=pca_components, faults=chosen, progress=say,
                           diagnosis=not no_diagnosis)
@@ -1187,17 +1177,3 @@ def register(app, user_errors) -> None:
         target = Path(output) if output is not None else default_output()
         write_section(target, result, tuning)
         say(f"written to {target}")
-
-
-def _register_with_the_app() -> None:
-    """edgewatch.cli imports this module at its end, once ``app`` and ``user_errors`` exist."""
-    from edgewatch import cli
-
-    if getattr(cli, "app", None) is None or getattr(cli, "user_errors", None) is None:
-        return
-    if any(getattr(c, "name", None) == "evaluate-tep" for c in cli.app.registered_commands):
-        return
-    register(cli.app, cli.user_errors)
-
-
-_register_with_the_app()

@@ -735,21 +735,25 @@ def run_backtest(paths: Sequence[str | Path], options: BacktestOptions, on_progr
 # --------------------------------------------------------------------------- outputs
 
 
-def _json_ready(x):
+def json_ready(x):
+    """Dicts (keys as text), lists, numpy scalars, paths and non-finite floats (null) as JSON
+    takes them; the backtest's and the evaluations' output files all go through it."""
     if isinstance(x, dict):
-        return {str(k): _json_ready(v) for k, v in x.items()}
+        return {str(k): json_ready(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_ready(v) for v in x]
+        return [json_ready(v) for v in x]
     if isinstance(x, np.generic):
-        return x.item()
+        x = x.item()
     if isinstance(x, float) and not np.isfinite(x):
         return None
+    if isinstance(x, Path):
+        return str(x)
     return x
 
 
 def file_summary(result: FileResult) -> dict:
     """<stem>.summary.json: the file, its asset, what ran, and its metrics."""
-    return _json_ready(
+    return json_ready(
         {"file": result.name, "source": result.source, "asset_id": result.asset_id, **result.info, "metrics": result.metrics}
     )
 
@@ -785,7 +789,7 @@ def write_outputs(results: Sequence[FileResult], totals: dict, out_dir: str | Pa
     if options:
         overall["options"] = options
     path = out / "summary.json"
-    path.write_text(json.dumps(_json_ready(overall), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_ready(overall), indent=2) + "\n", encoding="utf-8")
     written.append(path)
     return written
 
